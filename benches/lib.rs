@@ -1,0 +1,1 @@
+//! Criterion benches for Kraken live in `benches/`; see docs/performance.md.

@@ -1,0 +1,1 @@
+//! Runnable compositions of kraken-core live next to this crate as examples.
