@@ -1,1 +1,3 @@
 //! Kraken core.
+
+pub mod manifest;
