@@ -1,3 +1,4 @@
 //! Kraken core.
 
 pub mod manifest;
+pub mod source;
