@@ -1047,6 +1047,43 @@ pub fn validate_commit(commit: &str) -> Result<(), SourceError> {
     }
 }
 
+/// Where deployments get their source from: a branch head lookup and a checkout.
+///
+/// [`Git`] is the implementation Kraken uses; the trait lets a library user plug in another
+/// source (an artifact store, a tarball server) and lets tests and benches take the source
+/// out of the measurement.
+#[async_trait::async_trait]
+pub trait Fetcher: Send + Sync + 'static {
+    /// The commit `branch` of `url` points at, without a checkout.
+    async fn head_commit(&self, url: &str, branch: &str) -> Result<String, SourceError>;
+
+    /// Checks `branch` of `url` out into `dest` (at `commit` when given).
+    async fn fetch(
+        &self,
+        url: &str,
+        branch: &str,
+        commit: Option<&str>,
+        dest: &Path,
+    ) -> Result<Checkout, SourceError>;
+}
+
+#[async_trait::async_trait]
+impl Fetcher for Git {
+    async fn head_commit(&self, url: &str, branch: &str) -> Result<String, SourceError> {
+        Git::head_commit(self, url, branch).await
+    }
+
+    async fn fetch(
+        &self,
+        url: &str,
+        branch: &str,
+        commit: Option<&str>,
+        dest: &Path,
+    ) -> Result<Checkout, SourceError> {
+        Git::fetch(self, url, branch, commit, dest).await
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -16,7 +16,7 @@
 use super::{ExecutionFailure, Executor, NodeContext, SetupFailure};
 use crate::manifest::Manifest;
 use crate::model::{Deployment, DeploymentId, DeploymentStatus, NodeId, PlatformInfo, StatusKind, Timestamp};
-use crate::source::Git;
+use crate::source::{Fetcher, Git};
 use crate::state::{Database, ReportOutcome};
 use crate::transport::{Received, TransportExt};
 use crate::wire::{self, DeploymentOrder, Envelope, InstanceReport, Message, PlatformMessage, WorkRequestMessage};
@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// Settings of the orchestrator.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OrchestratorConfig {
     /// A node not heard from for this long is removed and its deployments placed again.
     pub node_timeout: Duration,
@@ -40,8 +40,8 @@ pub struct OrchestratorConfig {
     pub tick: Duration,
     /// How often an unwanted instance is told to stop again while a node keeps reporting it.
     pub orphan_retry: Duration,
-    /// How sources are looked up and fetched for validation.
-    pub git: Git,
+    /// How sources are looked up and fetched for validation (git by default).
+    pub source: Arc<dyn Fetcher>,
     /// Where validation checkouts are made (default: `<data dir>/validate` or a temporary
     /// directory).
     pub work_dir: Option<PathBuf>,
@@ -51,6 +51,18 @@ pub struct OrchestratorConfig {
     pub api_addr: Option<String>,
 }
 
+impl std::fmt::Debug for OrchestratorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrchestratorConfig")
+            .field("node_timeout", &self.node_timeout)
+            .field("announce_interval", &self.announce_interval)
+            .field("tick", &self.tick)
+            .field("work_dir", &self.work_dir)
+            .field("api_addr", &self.api_addr)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for OrchestratorConfig {
     fn default() -> Self {
         OrchestratorConfig {
@@ -58,7 +70,7 @@ impl Default for OrchestratorConfig {
             announce_interval: Duration::from_secs(2),
             tick: Duration::from_millis(500),
             orphan_retry: Duration::from_secs(10),
-            git: Git::new(),
+            source: Arc::new(Git::new()),
             work_dir: None,
             max_parallel_validations: 4,
             api_addr: None,
@@ -145,7 +157,7 @@ impl OrchestrationExecutor {
         }
         let task = Validation {
             db: Arc::clone(&self.db),
-            git: self.config.git.clone(),
+            source: Arc::clone(&self.config.source),
             work_dir: self.work_dir(ctx),
             id: d.id.clone(),
             permits: Arc::clone(&self.validation_permits),
@@ -366,7 +378,7 @@ fn place(load: &BTreeMap<NodeId, usize>, resources: &HashMap<NodeId, (u64, f64)>
 /// guarded by the status and generation it expects, so a destroy requested meanwhile wins.
 struct Validation {
     db: Arc<Database>,
-    git: Git,
+    source: Arc<dyn Fetcher>,
     work_dir: PathBuf,
     id: DeploymentId,
     permits: Arc<Semaphore>,
@@ -399,7 +411,7 @@ impl Validation {
     async fn run(self) {
         let Ok(_permit) = Arc::clone(&self.permits).acquire_owned().await else { return };
         let Some(d) = self.db.deployment(&self.id) else { return };
-        let head = match self.git.head_commit(&d.source_url, &d.branch).await {
+        let head = match self.source.head_commit(&d.source_url, &d.branch).await {
             Ok(head) => head,
             Err(e) => return self.fail(d.generation, format!("cannot read branch {}: {e}", d.branch)),
         };
@@ -441,7 +453,7 @@ impl Validation {
             self.db.update(&self.id, |d| d.commit = Some(head.clone()));
         }
         let dir = self.work_dir.join(format!("{}-{generation}-{}", self.id, uuid::Uuid::new_v4().simple()));
-        let manifest = match self.git.fetch(&d.source_url, &d.branch, Some(&head), &dir).await {
+        let manifest = match self.source.fetch(&d.source_url, &d.branch, Some(&head), &dir).await {
             Ok(checkout) => {
                 let root = checkout.dir.clone();
                 tokio::task::spawn_blocking(move || Manifest::from_dir(&root))

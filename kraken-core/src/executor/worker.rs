@@ -14,7 +14,7 @@ use super::probe::{SysinfoProbe, SystemProbe};
 use super::{ExecutionFailure, Executor, NodeContext, SetupFailure};
 use crate::model::{DeploymentId, DeploymentStatus, InstanceId, LogLine, LogStream};
 use crate::runtime::{Artifact, BuildRequest, InstanceInfo, InstanceState, LogFollow, StartSpec};
-use crate::source::Git;
+use crate::source::{Fetcher, Git};
 use crate::transport::{Received, TransportExt};
 use crate::wire::{
     self, DeploymentMessage, DeploymentOrder, Envelope, InstanceReport, LogMessage, Message,
@@ -42,8 +42,8 @@ pub struct WorkerConfig {
     pub stop_timeout: Duration,
     /// Where checkouts are made (default: `<data dir>/work`, or a temporary directory).
     pub work_dir: Option<PathBuf>,
-    /// How sources are fetched.
-    pub git: Git,
+    /// How sources are fetched (git by default).
+    pub source: Arc<dyn Fetcher>,
     /// Where node stats come from.
     pub probe: Arc<dyn SystemProbe>,
     /// Most log lines sent in one message.
@@ -70,7 +70,7 @@ impl Default for WorkerConfig {
             max_parallel_deployments: 2,
             stop_timeout: Duration::from_secs(10),
             work_dir: None,
-            git: Git::new(),
+            source: Arc::new(Git::new()),
             probe: Arc::new(SysinfoProbe::default()),
             log_batch_lines: 200,
             log_flush: Duration::from_millis(200),
@@ -344,7 +344,7 @@ impl Worker {
         let checkout_dir = self.work_dir.join(format!("{id}-{generation}-{}", uuid::Uuid::new_v4().simple()));
         let checkout = self
             .config
-            .git
+            .source
             .fetch(&order.source_url, &order.branch, Some(&order.commit), &checkout_dir)
             .await
             .map_err(|e| format!("cannot fetch the source: {e}"));
