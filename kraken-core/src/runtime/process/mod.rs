@@ -584,7 +584,12 @@ impl Runtime for ProcessRuntime {
         }
         check_env(&spec.manifest.env).map_err(failed)?;
         check_env(&spec.env).map_err(failed)?;
-        let port = pick_port(spec.manifest.config.port).await?;
+        let taken: Vec<u16> = self
+            .instances()
+            .values()
+            .filter_map(|t| t.meta.info.port)
+            .collect();
+        let port = pick_port(spec.manifest.config.port, &taken).await?;
 
         let id = InstanceId::random();
         let dir = self.instance_dir(&id);
@@ -891,8 +896,10 @@ async fn group_alive(pgid: u32) -> bool {
 }
 
 /// The manifest port when it is free on all interfaces, otherwise a free ephemeral port.
-async fn pick_port(wanted: u16) -> Result<u16, RuntimeError> {
+/// Ports in `taken` (given to instances that may not listen yet) count as used.
+async fn pick_port(wanted: u16, taken: &[u16]) -> Result<u16, RuntimeError> {
     if wanted != 0
+        && !taken.contains(&wanted)
         && TcpListener::bind((Ipv4Addr::UNSPECIFIED, wanted))
             .await
             .is_ok()
@@ -902,10 +909,17 @@ async fn pick_port(wanted: u16) -> Result<u16, RuntimeError> {
     let failed = |e: std::io::Error| RuntimeError::StartFailed {
         reason: format!("no free port: {e}"),
     };
-    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))
-        .await
-        .map_err(failed)?;
-    let port = listener.local_addr().map_err(failed)?.port();
+    let mut port = 0;
+    // The kernel hands out ephemeral ports in turn, so a taken one is rarely drawn twice.
+    for _ in 0..16 {
+        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))
+            .await
+            .map_err(failed)?;
+        port = listener.local_addr().map_err(failed)?.port();
+        if !taken.contains(&port) {
+            break;
+        }
+    }
     if wanted != 0 {
         info!(
             wanted,
