@@ -10,6 +10,7 @@
 //! ```
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/transport.rs"]
 mod support;
 
 use async_trait::async_trait;

@@ -10,6 +10,7 @@
 //! time runs in tasks spawned on [`NodeContext::spawn`].
 
 pub mod orchestrator;
+pub mod probe;
 pub mod worker;
 
 use crate::model::{NodeId, PlatformInfo};
