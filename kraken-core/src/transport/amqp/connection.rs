@@ -712,7 +712,14 @@ async fn supervise(shared: Arc<Shared>, mut session: Arc<Session>) {
             };
             match opened {
                 Ok(session) => {
-                    shared.redeclare_known(&session).await;
+                    let after = shared.config.connect_timeout;
+                    if tokio::time::timeout(after, shared.redeclare_known(&session))
+                        .await
+                        .is_err()
+                    {
+                        // Publishing and subscribing declare what they use anyway.
+                        tracing::warn!(?after, "declaring the known channels again took too long");
+                    }
                     break session;
                 }
                 Err(err) => {

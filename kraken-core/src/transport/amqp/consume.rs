@@ -288,14 +288,14 @@ impl Consume {
 /// messages go to other consumers now rather than when the channel closes (which waits
 /// for the deliveries handed out to be settled).
 async fn cancel(channel: &Channel, mut consumer: Consumer, spec: &ChannelSpec) {
-    let cancelled = channel
-        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-        .await;
-    if let Err(err) = cancelled {
-        tracing::debug!(channel = %spec, cause = %err, "could not cancel a consumer");
-        return;
-    }
-    let drain = async {
+    let cancel_and_drain = async {
+        let cancelled = channel
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+            .await;
+        if let Err(err) = cancelled {
+            tracing::debug!(channel = %spec, cause = %err, "could not cancel a consumer");
+            return;
+        }
         while let Some(Ok(delivery)) = consumer.next().await {
             let requeue = BasicNackOptions {
                 multiple: false,
@@ -306,7 +306,12 @@ async fn cancel(channel: &Channel, mut consumer: Consumer, spec: &ChannelSpec) {
             }
         }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+    if tokio::time::timeout(Duration::from_secs(5), cancel_and_drain)
+        .await
+        .is_err()
+    {
+        tracing::debug!(channel = %spec, "cancelling a consumer took too long");
+    }
 }
 
 /// The broker's count of earlier deliveries (`x-delivery-count`, set by quorum queues on
