@@ -1,15 +1,17 @@
 //! AMQP transport against raw lapin: publish N messages with publisher confirms and consume
 //! them (manual ack) on the same RabbitMQ, in the same run, the same way:
 //!
-//! - one connection publishes, another consumes; a durable quorum queue (the kind the
-//!   transport declares), persistent messages, prefetch 32;
+//! - one connection publishes, another consumes; a durable quorum queue with the arguments
+//!   the transport gives its queues, persistent mandatory messages, prefetch 32;
 //! - at most `WINDOW` publishes wait for their confirm at a time (each publish awaits its
 //!   own confirm, concurrently), the consumer acks each delivery after receiving it.
 //!
 //! Run: `cargo bench -p kraken-benches --bench amqp_transport` with RabbitMQ at
 //! `KRAKEN_AMQP_URL` (default `amqp://127.0.0.1:5672/%2f`; `.ci/rabbitmq.sh` starts one).
 //! Besides criterion's timings it prints messages per second of both and their ratio
-//! (median of alternating rounds). Without a broker it says so and measures nothing.
+//! (median of alternating rounds), and the CPU time this process spends per message.
+//! Set `KRAKEN_BENCH_VERBOSE=1` to see every round. Without a broker it says so and
+//! measures nothing.
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -35,7 +37,7 @@ const WINDOW: usize = 64;
 /// Prefetch of both consumers.
 const PREFETCH: u16 = 32;
 /// Alternating rounds behind the printed ratio.
-const ROUNDS: usize = 7;
+const ROUNDS: usize = 15;
 
 fn url() -> String {
     std::env::var("KRAKEN_AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
@@ -141,6 +143,20 @@ impl Raw {
             AMQPValue::LongString("quorum".into()),
         );
         arguments.insert("x-expires".into(), AMQPValue::LongLongInt(600_000));
+        // The arguments the transport gives its queues, so only the client differs.
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(format!("{prefix}.dead").into()),
+        );
+        arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(4));
+        arguments.insert(
+            "x-dead-letter-strategy".into(),
+            AMQPValue::LongString("at-least-once".into()),
+        );
+        arguments.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
         let durable = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
@@ -261,13 +277,39 @@ fn bench(c: &mut Criterion) {
         raw.run(&payload).await;
     });
     let (mut ours_rates, mut raw_rates) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
+    let (mut ours_cpu, mut raw_cpu) = (0u64, 0u64);
+    for round in 0..ROUNDS {
         runtime.block_on(async {
-            ours_rates.push(per_second(ours.run(&payload).await));
+            // Alternate who goes first, so neither always follows the other.
+            if round % 2 == 0 {
+                let start = cpu_ticks();
+                ours_rates.push(per_second(ours.run(&payload).await));
+                ours_cpu += cpu_ticks() - start;
+            }
+            let start = cpu_ticks();
             raw_rates.push(per_second(raw.run(&payload).await));
+            raw_cpu += cpu_ticks() - start;
+            if round % 2 == 1 {
+                let start = cpu_ticks();
+                ours_rates.push(per_second(ours.run(&payload).await));
+                ours_cpu += cpu_ticks() - start;
+            }
         });
     }
+    if std::env::var_os("KRAKEN_BENCH_VERBOSE").is_some() {
+        for (ours, raw) in ours_rates.iter().zip(&raw_rates) {
+            println!("round: AmqpTransport {ours:.0} msg/s, raw lapin {raw:.0} msg/s");
+        }
+    }
     let (ours_rate, raw_rate) = (median(ours_rates), median(raw_rates));
+    // /proc counts CPU time in USER_HZ, which Linux fixes at 100 per second.
+    let micros_per_message = |ticks: u64| ticks as f64 * 10_000.0 / (ROUNDS * MESSAGES) as f64;
+    println!(
+        "amqp_transport: CPU of this process (lapin's IO threads included) per message: \
+         AmqpTransport {:.0} µs, raw lapin {:.0} µs",
+        micros_per_message(ours_cpu),
+        micros_per_message(raw_cpu),
+    );
     println!(
         "amqp_transport: {MESSAGES} messages of {} bytes, window {WINDOW}, prefetch {PREFETCH}, \
          median of {ROUNDS} rounds: AmqpTransport {ours_rate:.0} msg/s, raw lapin {raw_rate:.0} msg/s, \
@@ -310,6 +352,21 @@ fn bench(c: &mut Criterion) {
         raw.cleanup().await;
         let _ = ours.publisher.delete(&ours.channel).await;
     });
+}
+
+/// CPU time (user + system) this process used so far, in clock ticks; 0 off Linux.
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields
+        .get(11)
+        .and_then(|u| u.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
 }
 
 fn uuid_suffix() -> String {

@@ -100,6 +100,13 @@ impl Shared {
     /// The current live session, waiting for a reconnect if needed. Fails only on shutdown;
     /// callers bound the wait.
     pub async fn current_session(&self) -> Result<Arc<Session>, TransportError> {
+        // The usual case, without registering for changes.
+        if !self.shutdown.is_cancelled()
+            && let Some(session) = self.session.borrow().as_ref()
+            && session.is_alive()
+        {
+            return Ok(Arc::clone(session));
+        }
         let mut rx = self.session.subscribe();
         loop {
             if self.shutdown.is_cancelled() {
@@ -282,8 +289,8 @@ impl Session {
     }
 
     /// Drops the publishing channel after it failed, so the next publish opens another.
-    pub async fn publisher_failed(&self, channel: &Channel) {
-        self.publisher.reset(channel).await;
+    pub fn publisher_failed(&self, channel: &Channel) {
+        self.publisher.reset(channel);
     }
 
     /// Classifies a lapin error: a refusal by the broker (soft error on a live connection)
@@ -346,12 +353,13 @@ impl Session {
                     )
                     .await
                 {
-                    self.admin.reset(&channel).await;
+                    self.admin.reset(&channel);
                     return Err(self.failure(err));
                 }
             }
         }
         lock(&self.declared).insert(spec.clone());
+        shared.remember(spec);
         Ok(())
     }
 
@@ -374,7 +382,7 @@ impl Session {
         else {
             return Ok(());
         };
-        self.admin.reset(&channel).await;
+        self.admin.reset(&channel);
         match self.failure(err) {
             Failure::Refused {
                 code: AMQPSoftError::PRECONDITIONFAILED,
@@ -392,7 +400,7 @@ impl Session {
                 {
                     Ok(_) => Ok(()),
                     Err(err) => {
-                        self.admin.reset(&channel).await;
+                        self.admin.reset(&channel);
                         Err(self.failure(err))
                     }
                 }
@@ -419,7 +427,7 @@ impl Session {
             )
             .await
         {
-            self.admin.reset(&channel).await;
+            self.admin.reset(&channel);
             return Err(self.failure(err));
         }
         let mut arguments = FieldTable::default();
@@ -446,7 +454,7 @@ impl Session {
             )
             .await
         {
-            self.admin.reset(&channel).await;
+            self.admin.reset(&channel);
             return Err(self.failure(err));
         }
         Ok(())
@@ -467,7 +475,7 @@ impl Session {
         {
             Ok(queue) => Ok(queue.message_count()),
             Err(err) => {
-                self.admin.reset(&channel).await;
+                self.admin.reset(&channel);
                 Err(self.failure(err))
             }
         }
@@ -486,7 +494,7 @@ impl Session {
         {
             Ok(_) => Ok(()),
             Err(err) => {
-                self.admin.reset(&channel).await;
+                self.admin.reset(&channel);
                 match self.failure(err) {
                     // Already gone.
                     Failure::Refused {
@@ -597,24 +605,35 @@ impl Failure {
 
 /// One lazily (re)opened channel, shared by concurrent users.
 struct Slot {
-    channel: tokio::sync::Mutex<Option<Channel>>,
+    current: Mutex<Option<Channel>>,
+    /// Held while opening, so concurrent users wait for one new channel.
+    opening: tokio::sync::Mutex<()>,
     confirm: bool,
 }
 
 impl Slot {
     fn new(confirm: bool) -> Self {
         Slot {
-            channel: tokio::sync::Mutex::new(None),
+            current: Mutex::new(None),
+            opening: tokio::sync::Mutex::new(()),
             confirm,
         }
     }
 
+    fn live(&self) -> Option<Channel> {
+        lock(&self.current)
+            .as_ref()
+            .filter(|channel| channel.status().connected())
+            .cloned()
+    }
+
     async fn get(&self, connection: &Connection) -> Result<Channel, lapin::Error> {
-        let mut slot = self.channel.lock().await;
-        if let Some(channel) = slot.as_ref()
-            && channel.status().connected()
-        {
-            return Ok(channel.clone());
+        if let Some(channel) = self.live() {
+            return Ok(channel);
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(channel) = self.live() {
+            return Ok(channel);
         }
         let channel = connection.create_channel().await?;
         if self.confirm {
@@ -622,14 +641,14 @@ impl Slot {
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
         }
-        *slot = Some(channel.clone());
+        *lock(&self.current) = Some(channel.clone());
         Ok(channel)
     }
 
-    async fn reset(&self, failed: &Channel) {
-        let mut slot = self.channel.lock().await;
-        if slot.as_ref().is_some_and(|c| c.id() == failed.id()) {
-            *slot = None;
+    fn reset(&self, failed: &Channel) {
+        let mut current = lock(&self.current);
+        if current.as_ref().is_some_and(|c| c.id() == failed.id()) {
+            *current = None;
         }
     }
 }

@@ -159,11 +159,20 @@ impl Consume {
             limit: self.shared.config.delivery_limit(),
             runtime: self.shared.runtime.clone(),
         });
+        // Registered once, not per message: this loop is the hot path of every delivery.
+        let stop = self.stop.clone();
+        let tx = self.tx.clone();
+        let stopped = async {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = tx.closed() => {}
+            }
+        };
+        tokio::pin!(stopped);
         loop {
             let next = tokio::select! {
                 biased;
-                () = self.stop.cancelled() => break,
-                () = self.tx.closed() => break,
+                () = &mut stopped => break,
                 next = consumer.next() => next,
             };
             let delivery = match next {
@@ -176,9 +185,16 @@ impl Consume {
                 }
             };
             let delivery = self.wrap(delivery, &context);
-            tokio::select! {
-                sent = self.tx.send(delivery) => if sent.is_err() { break },
-                () = self.stop.cancelled() => break,
+            let sent = match self.tx.try_send(delivery) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(delivery)) => tokio::select! {
+                    sent = self.tx.send(delivery) => sent.map_err(drop),
+                    () = &mut stopped => Err(()),
+                },
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+            };
+            if sent.is_err() {
+                break;
             }
         }
         cancel(&channel, consumer, &self.spec).await;

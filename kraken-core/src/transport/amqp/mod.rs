@@ -275,7 +275,7 @@ impl AmqpTransport {
                     // e.g. 404: the exchange was deleted; the channel is closed now.
                     session.undeclared(spec);
                 }
-                session.publisher_failed(&channel).await;
+                session.publisher_failed(&channel);
                 Err(Attempt::Retry(failure.reason().to_owned()))
             }
         }
@@ -333,9 +333,7 @@ impl Transport for AmqpTransport {
         self.retrying(&channel.name, |session| async move {
             session.declare(&self.shared, channel, true).await
         })
-        .await?;
-        self.shared.remember(channel);
-        Ok(())
+        .await
     }
 
     async fn publish(&self, channel: &ChannelSpec, payload: Bytes) -> Result<(), TransportError> {
@@ -351,10 +349,7 @@ impl Transport for AmqpTransport {
                     .publish_once(&session, channel, &target, &payload)
                     .await
                 {
-                    Ok(()) => {
-                        self.shared.remember(channel);
-                        return Ok(());
-                    }
+                    Ok(()) => return Ok(()),
                     Err(Attempt::Fail(err)) => return Err(err),
                     Err(Attempt::Retry(reason)) => {
                         tracing::debug!(channel = %channel, generation = session.generation, cause = %reason, "publish failed; retrying");
@@ -386,7 +381,6 @@ impl Transport for AmqpTransport {
             channel.clone(),
         )
         .await?;
-        self.shared.remember(channel);
         Ok(subscription)
     }
 
