@@ -384,17 +384,20 @@ impl Transport for AmqpTransport {
         Ok(subscription)
     }
 
-    /// Ends this transport's subscriptions of the channel and deletes its queue with what
-    /// waits in it. Subscribers on other connections see their consumer cancelled and
-    /// subscribe again (which declares an empty queue). For a broadcast channel only the
-    /// local subscriptions end: nothing waits in an exchange.
+    /// Ends this transport's subscriptions of a queue channel and deletes its queue with
+    /// what waits in it. Subscribers on other connections see their consumer cancelled and
+    /// subscribe again (which declares an empty queue). A broadcast channel has no queue
+    /// of its own (nothing waits in an exchange): deleting one changes nothing.
     async fn delete(&self, channel: &ChannelSpec) -> Result<(), TransportError> {
         self.check_open()?;
-        self.shared.stop_subscriptions(&channel.name).await;
-        self.shared.forget(channel);
         if channel.kind == ChannelKind::Broadcast {
             return Ok(());
         }
+        // Cancel our consumers before the queue goes: RabbitMQ may answer a consumer
+        // cancelled while its queue is being deleted twice, which lapin takes for a
+        // protocol error and closes the whole connection.
+        self.shared.stop_subscriptions(&channel.name).await;
+        self.shared.forget(channel);
         self.retrying(&channel.name, |session| async move {
             session.delete_queue(&self.shared, channel).await
         })
