@@ -122,10 +122,10 @@ async fn batch(db: &Arc<Database>, n: usize) -> (Duration, Vec<Duration>) {
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                 // Fall back to reading the state for what was missed.
                 for (id, _) in requested.clone() {
-                    if db.deployment(&id).is_some_and(|d| d.status.kind() == StatusKind::Running) {
-                        if let Some(at) = requested.remove(&id) {
-                            latencies.push(at.elapsed());
-                        }
+                    if db.deployment(&id).is_some_and(|d| d.status.kind() == StatusKind::Running)
+                        && let Some(at) = requested.remove(&id)
+                    {
+                        latencies.push(at.elapsed());
                     }
                 }
             }

@@ -278,7 +278,7 @@ impl OrchestrationExecutor {
                         commit,
                         manifest,
                     };
-                    if self.send(ctx, &node, WorkRequestMessage::RequestDeployment(order)).await {
+                    if self.send(ctx, &node, WorkRequestMessage::RequestDeployment(Box::new(order))).await {
                         self.db.note(&d.id, format!("placed on {node} (generation {})", current.generation));
                         self.delegated.insert(d.id.clone(), key);
                     }

@@ -11,10 +11,13 @@ pub trait SystemProbe: Send + Sync + 'static {
     async fn sample(&self) -> NodeStats;
 }
 
+/// The `sysinfo` handle (made on first use) and the last sample with its time.
+type ProbeState = (Option<sysinfo::System>, Option<(std::time::Instant, NodeStats)>);
+
 /// The real machine, read with `sysinfo`. One probe can serve every worker of a process;
 /// it re-reads the machine at most once per `min_interval`.
 pub struct SysinfoProbe {
-    system: Arc<Mutex<(Option<sysinfo::System>, Option<(std::time::Instant, NodeStats)>)>>,
+    system: Arc<Mutex<ProbeState>>,
     min_interval: std::time::Duration,
 }
 

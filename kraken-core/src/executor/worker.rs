@@ -270,7 +270,7 @@ impl Worker {
             return;
         }
         match envelope.body.clone() {
-            WorkRequestMessage::RequestDeployment(order) => self.accept(order, received, permits),
+            WorkRequestMessage::RequestDeployment(order) => self.accept(*order, received, permits),
             WorkRequestMessage::CancelDeployment { deployment, generation } => {
                 self.cancel(&deployment, generation).await;
                 ack(received).await;
