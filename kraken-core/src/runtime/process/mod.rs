@@ -531,14 +531,13 @@ impl Runtime for ProcessRuntime {
             let line = LogLine::new(LogStream::Build, format!("left out: {skipped}"));
             let _ = log.send(line).await;
         }
-        if let Some(script) = &request.manifest.config.build {
-            if let Err(e) = self
+        if let Some(script) = &request.manifest.config.build
+            && let Err(e) = self
                 .run_build(script, &dest, &request.manifest.env, &log)
                 .await
-            {
-                remove_dir(&dest).await?;
-                return Err(e);
-            }
+        {
+            remove_dir(&dest).await?;
+            return Err(e);
         }
         info!(
             deployment = %request.deployment,
