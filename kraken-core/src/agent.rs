@@ -198,7 +198,7 @@ async fn drive(
     fatal: CancellationToken,
     failure: Arc<std::sync::Mutex<Option<AgentError>>>,
 ) {
-    let waker = ctx.notified();
+    let waker = ctx.waker();
     loop {
         match executor.execute(&ctx).await {
             Ok(()) => {}
