@@ -59,6 +59,10 @@ const STDOUT_LIMIT: usize = 1024 * 1024;
 /// hold them open, and its last words are worth waiting for only briefly.
 const PIPE_GRACE: Duration = Duration::from_secs(1);
 
+/// How long to wait for a killed command to be reaped; SIGKILL cannot be ignored, so this is
+/// only a backstop.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
 /// How much of a rejected URL or branch is quoted back in an error.
 const QUOTE_LIMIT: usize = 256;
 
@@ -537,18 +541,18 @@ impl Git {
     ) -> Result<Output, SourceError> {
         let command = command_line(args);
         let mut cmd = self.command(cwd, args);
-        match tokio::time::timeout(self.timeout, run_captured(&mut cmd)).await {
-            Ok(Ok((status, stdout, stderr))) => Ok(Output {
+        match run_captured(&mut cmd, self.timeout).await {
+            Ok(Some((status, stdout, stderr))) => Ok(Output {
                 command,
                 status,
                 stdout,
                 stderr,
             }),
-            Ok(Err(source)) => Err(SourceError::Spawn { source }),
-            Err(_) => Err(SourceError::TimedOut {
+            Ok(None) => Err(SourceError::TimedOut {
                 command,
                 after: self.timeout,
             }),
+            Err(source) => Err(SourceError::Spawn { source }),
         }
     }
 
@@ -599,8 +603,17 @@ struct Output {
 }
 
 /// Spawns `cmd` and collects its exit status, the head of its stdout and the tail of its
-/// stderr. The child is killed if this future is dropped (`kill_on_drop`).
-async fn run_captured(cmd: &mut Command) -> io::Result<(ExitStatus, String, String)> {
+/// stderr; `None` if it did not finish within `timeout` (counted from before the spawn).
+///
+/// A command that times out is killed and reaped before this returns, so a caller that then
+/// removes the files it was writing does not race with it. The child is also killed if this
+/// future is dropped (`kill_on_drop`).
+async fn run_captured(
+    cmd: &mut Command,
+    timeout: Duration,
+) -> io::Result<Option<(ExitStatus, String, String)>> {
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
     let mut child = cmd.spawn()?;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -619,6 +632,12 @@ async fn run_captured(cmd: &mut Command) -> io::Result<(ExitStatus, String, Stri
             tokio::select! {
                 status = child.wait() => break status?,
                 () = &mut reading, if !read_all => read_all = true,
+                () = &mut deadline => {
+                    // Errors mean the child is already gone, which is what is wanted.
+                    let _ = child.start_kill();
+                    let _ = tokio::time::timeout(KILL_GRACE, child.wait()).await;
+                    return Ok(None);
+                }
             }
         };
         if !read_all {
@@ -629,7 +648,7 @@ async fn run_captured(cmd: &mut Command) -> io::Result<(ExitStatus, String, Stri
         status
     };
     let stdout = String::from_utf8_lossy(&out).into_owned();
-    Ok((status, stdout, tidy_stderr(&err)))
+    Ok(Some((status, stdout, tidy_stderr(&err))))
 }
 
 /// Reads `reader` to the end, keeping its first `limit` bytes.
@@ -731,10 +750,16 @@ async fn clean_dest(dest: PathBuf, existed: bool) -> io::Result<()> {
 }
 
 fn clean_dest_blocking(dest: &Path, existed: bool) -> io::Result<()> {
-    match std::fs::remove_dir_all(dest) {
-        Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-        Err(err) => return Err(err),
+    // A helper process of a killed git (index-pack, say) may still add a file while the tree
+    // is being removed, making a directory non-empty again; try again a few times.
+    let mut attempts = 0;
+    loop {
+        match std::fs::remove_dir_all(dest) {
+            Ok(()) => break,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => break,
+            Err(_) if attempts < 3 => attempts += 1,
+            Err(err) => return Err(err),
+        }
     }
     if existed {
         std::fs::create_dir(dest)?;
