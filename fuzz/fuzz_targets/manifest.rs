@@ -38,7 +38,10 @@ fuzz_target!(|data: &[u8]| {
             let lines: Vec<&str> = text.split('\n').collect();
             assert!(line >= 1 && line <= lines.len(), "line {line} out of range");
             let width = lines[line - 1].chars().count();
-            assert!(column >= 1 && column <= width + 1, "column {column} out of range");
+            assert!(
+                column >= 1 && column <= width + 1,
+                "column {column} out of range"
+            );
         }
         Err(ManifestError::TooLarge { size, limit }) => assert!(size > limit),
         Err(other) => panic!("parse cannot fail with {other:?}"),

@@ -388,6 +388,20 @@ impl Manifest {
     ///
     /// Checks, in this order: the size bound, TOML syntax, the manifest's shape (no unknown
     /// keys), then every field's rules. The first problem found is returned.
+    ///
+    /// ```
+    /// use kraken_core::manifest::{Lang, Manifest};
+    ///
+    /// let manifest = Manifest::parse(Manifest::example(Lang::Python)).unwrap();
+    /// assert_eq!(manifest.config.lang, Lang::Python);
+    ///
+    /// let err = Manifest::parse("[app]\nname = \"Hello\"\n").unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "shipwreck.toml:2:8: app.name: may only contain lowercase letters a-z, digits 0-9 \
+    ///      and '-', found 'H'"
+    /// );
+    /// ```
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
         if text.len() > MAX_MANIFEST_BYTES {
             return Err(ManifestError::TooLarge {
