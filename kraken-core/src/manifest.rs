@@ -388,6 +388,20 @@ impl Manifest {
     ///
     /// Checks, in this order: the size bound, TOML syntax, the manifest's shape (no unknown
     /// keys), then every field's rules. The first problem found is returned.
+    ///
+    /// ```
+    /// use kraken_core::manifest::{Lang, Manifest};
+    ///
+    /// let manifest = Manifest::parse(Manifest::example(Lang::Python)).unwrap();
+    /// assert_eq!(manifest.config.lang, Lang::Python);
+    ///
+    /// let err = Manifest::parse("[app]\nname = \"Hello\"\n").unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "shipwreck.toml:2:8: app.name: may only contain lowercase letters a-z, digits 0-9 \
+    ///      and '-', found 'H'"
+    /// );
+    /// ```
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
         if text.len() > MAX_MANIFEST_BYTES {
             return Err(ManifestError::TooLarge {
@@ -396,13 +410,21 @@ impl Manifest {
             });
         }
         let raw: RawManifest = toml::from_str(text).map_err(|err| {
-            let (line, column) = err
-                .span()
+            let span = err.span();
+            let (line, column) = span
+                .clone()
                 .map_or((1, 1), |span| line_column(text, span.start));
+            let mut reason = err.message().trim().to_owned();
+            // The parser does not say which key is duplicated; its span covers the key.
+            if reason == "duplicate key"
+                && let Some(key) = span.and_then(|span| text.get(span))
+            {
+                reason = format!("duplicate key `{}`", key.trim());
+            }
             ManifestError::Syntax {
                 line,
                 column,
-                reason: err.message().trim().to_owned(),
+                reason,
             }
         })?;
         Validator { text }.manifest(raw)
@@ -576,16 +598,52 @@ type RawValue = Option<Spanned<Value>>;
 /// Leaf values stay `toml::Value` so that a value of the wrong type is reported by field name
 /// and position like any other invalid value, instead of as a generic type error.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a manifest: tables [app], [config], [env] and [resources]"
+)]
 struct RawManifest {
     app: Option<Spanned<RawApp>>,
     config: Option<Spanned<RawConfig>>,
-    env: Option<Spanned<BTreeMap<Spanned<String>, Spanned<Value>>>>,
+    env: Option<RawEnv>,
     resources: Option<Spanned<RawResources>>,
 }
 
+/// The `[env]` table as written: entries in file order, with positions.
+///
+/// Deserialized by hand so that a value of the wrong shape is described as an `[env]` table
+/// rather than as a generic map.
+struct RawEnv(Vec<(Spanned<String>, Spanned<Value>)>);
+
+impl<'de> Deserialize<'de> for RawEnv {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EnvVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for EnvVisitor {
+            type Value = RawEnv;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an [env] table of NAME = \"value\" entries")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawEnv, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(RawEnv(entries))
+            }
+        }
+
+        deserializer.deserialize_map(EnvVisitor)
+    }
+}
+
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "an [app] table")]
 struct RawApp {
     name: RawValue,
     version: RawValue,
@@ -594,7 +652,7 @@ struct RawApp {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [config] table")]
 struct RawConfig {
     port: RawValue,
     lang: RawValue,
@@ -603,7 +661,7 @@ struct RawConfig {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [resources] table")]
 struct RawResources {
     memory_mb: RawValue,
     cpus: RawValue,
@@ -639,7 +697,7 @@ impl Validator<'_> {
         };
         let config = self.config(config)?;
         let env = match raw.env {
-            Some(env) => self.env(env.into_inner())?,
+            Some(env) => self.env(env)?,
             None => BTreeMap::new(),
         };
         let resources = match raw.resources {
@@ -809,12 +867,9 @@ impl Validator<'_> {
         Ok(command)
     }
 
-    fn env(
-        &self,
-        env: BTreeMap<Spanned<String>, Spanned<Value>>,
-    ) -> Result<BTreeMap<String, String>, ManifestError> {
+    fn env(&self, env: RawEnv) -> Result<BTreeMap<String, String>, ManifestError> {
         // Report problems in the order they appear in the file, not in key order.
-        let mut entries: Vec<_> = env.into_iter().collect();
+        let mut entries = env.0;
         entries.sort_by_key(|(key, _)| key.span().start);
         let mut out = BTreeMap::new();
         for (key, value) in entries {
@@ -1219,10 +1274,37 @@ cpus = 0.5
 
     #[test]
     fn tables_of_the_wrong_shape_are_syntax_errors() {
-        syntax("app = 5\n");
-        syntax("[[app]]\nname = \"x\"\n");
-        syntax(&with("[[env]]\n"));
-        syntax(&with("resources = \"big\"\n"));
+        let (line, column, reason) = syntax("app = 5\n");
+        assert_eq!((line, column), (1, 7));
+        assert_eq!(reason, "invalid type: integer `5`, expected an [app] table");
+        for text in [
+            "[[app]]\nname = \"x\"\n".to_owned(),
+            "[app]\nname = \"x\"\nconfig = 1\n".to_owned(),
+            with("[[env]]\n"),
+            with("resources = \"big\"\n"),
+            with("[[resources]]\n"),
+            "config = []\n".to_owned(),
+        ] {
+            let (_, _, reason) = syntax(&text);
+            // Messages speak of tables, never of the parser's internal types.
+            assert!(!reason.contains("Raw"), "{reason}");
+        }
+        for text in [with("[[env]]\n"), format!("env = 1\n{}", with(""))] {
+            let (_, _, reason) = syntax(&text);
+            assert!(reason.contains("expected an [env] table"), "{reason}");
+        }
+        let (line, column, reason) = syntax("[app]\nname = \"x\"\n name = \"y\"\n");
+        assert_eq!(
+            (line, column, reason.as_str()),
+            (3, 2, "duplicate key `name`")
+        );
+        for text in [
+            "[app]\nname = \"x\"\n[config]\nport = 1\nlang = \"static\"\n[env]\nA = \"1\"\nA = \"2\"\n",
+            "[app]\nname = \"x\"\n[config]\nport = 1\nlang = \"static\"\n[env]\nA = \"1\"\n\"A\" = \"2\"\n",
+        ] {
+            let (_, _, reason) = syntax(text);
+            assert!(reason.starts_with("duplicate key"), "{reason}");
+        }
     }
 
     #[test]

@@ -4,6 +4,26 @@
 //! [`tokio::process`], so no git library is linked and every transport git supports (HTTPS with
 //! the node's credential helpers, SSH with its keys, local paths) works as the operator set it up.
 //!
+//! ```no_run
+//! use std::path::Path;
+//! use std::time::Duration;
+//! use kraken_core::source::{Git, SourceError};
+//!
+//! # async fn deploy() -> Result<(), SourceError> {
+//! let git = Git::new().with_timeout(Duration::from_secs(300));
+//! let url = "https://example.org/hello.git";
+//! // Cheap: asks the server for the branch tip without cloning.
+//! let head = git.head_commit(url, "main").await?;
+//! // Pinning the commit makes the checkout match what was looked up, even if the branch
+//! // moves in between.
+//! let checkout = git
+//!     .fetch(url, "main", Some(&head), Path::new("/var/lib/kraken/src/hello"))
+//!     .await?;
+//! assert_eq!(checkout.commit, head);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Safety
 //!
 //! URLs and branch names come from users, and git has a long history of option-injection and
@@ -58,6 +78,10 @@ const STDOUT_LIMIT: usize = 1024 * 1024;
 /// How long to keep reading a command's pipes after it exited: a helper it started may still
 /// hold them open, and its last words are worth waiting for only briefly.
 const PIPE_GRACE: Duration = Duration::from_secs(1);
+
+/// How long to wait for a killed command to be reaped; SIGKILL cannot be ignored, so this is
+/// only a backstop.
+const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// How much of a rejected URL or branch is quoted back in an error.
 const QUOTE_LIMIT: usize = 256;
@@ -299,7 +323,7 @@ impl Git {
             Ok(protocol)
         } else {
             Err(SourceError::InvalidUrl {
-                url: shorten(url),
+                url: display_url(url),
                 reason: format!("the {protocol} protocol is not allowed on this platform"),
             })
         }
@@ -316,7 +340,7 @@ impl Git {
             .await?;
         if !output.status.success() {
             return Err(SourceError::RepositoryUnavailable {
-                url: url.to_owned(),
+                url: display_url(url),
                 stderr: output.stderr,
             });
         }
@@ -329,7 +353,7 @@ impl Git {
             .find(|(id, name)| *name == refname && validate_commit(id).is_ok())
             .map(|(id, _)| id.to_owned())
             .ok_or_else(|| SourceError::BranchNotFound {
-                url: url.to_owned(),
+                url: display_url(url),
                 branch: branch.to_owned(),
             })
     }
@@ -406,12 +430,12 @@ impl Git {
             // LC_ALL=C keeps this message in English.
             return Err(if output.stderr.contains("not found in upstream") {
                 SourceError::BranchNotFound {
-                    url: url.to_owned(),
+                    url: display_url(url),
                     branch: branch.to_owned(),
                 }
             } else {
                 SourceError::RepositoryUnavailable {
-                    url: url.to_owned(),
+                    url: display_url(url),
                     stderr: output.stderr,
                 }
             });
@@ -425,7 +449,7 @@ impl Git {
             });
         };
         let not_found = || SourceError::CommitNotFound {
-            url: url.to_owned(),
+            url: display_url(url),
             commit: commit.to_owned(),
         };
 
@@ -448,7 +472,7 @@ impl Git {
                 .await?;
             if !output.status.success() {
                 return Err(SourceError::RepositoryUnavailable {
-                    url: url.to_owned(),
+                    url: display_url(url),
                     stderr: output.stderr,
                 });
             }
@@ -535,20 +559,20 @@ impl Git {
         cwd: Option<&Path>,
         args: &[S],
     ) -> Result<Output, SourceError> {
-        let command = command_line(args);
+        let command = redact_credentials(&command_line(args));
         let mut cmd = self.command(cwd, args);
-        match tokio::time::timeout(self.timeout, run_captured(&mut cmd)).await {
-            Ok(Ok((status, stdout, stderr))) => Ok(Output {
+        match run_captured(&mut cmd, self.timeout).await {
+            Ok(Some((status, stdout, stderr))) => Ok(Output {
                 command,
                 status,
                 stdout,
                 stderr,
             }),
-            Ok(Err(source)) => Err(SourceError::Spawn { source }),
-            Err(_) => Err(SourceError::TimedOut {
+            Ok(None) => Err(SourceError::TimedOut {
                 command,
                 after: self.timeout,
             }),
+            Err(source) => Err(SourceError::Spawn { source }),
         }
     }
 
@@ -599,8 +623,17 @@ struct Output {
 }
 
 /// Spawns `cmd` and collects its exit status, the head of its stdout and the tail of its
-/// stderr. The child is killed if this future is dropped (`kill_on_drop`).
-async fn run_captured(cmd: &mut Command) -> io::Result<(ExitStatus, String, String)> {
+/// stderr; `None` if it did not finish within `timeout` (counted from before the spawn).
+///
+/// A command that times out is killed and reaped before this returns, so a caller that then
+/// removes the files it was writing does not race with it. The child is also killed if this
+/// future is dropped (`kill_on_drop`).
+async fn run_captured(
+    cmd: &mut Command,
+    timeout: Duration,
+) -> io::Result<Option<(ExitStatus, String, String)>> {
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
     let mut child = cmd.spawn()?;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -619,6 +652,12 @@ async fn run_captured(cmd: &mut Command) -> io::Result<(ExitStatus, String, Stri
             tokio::select! {
                 status = child.wait() => break status?,
                 () = &mut reading, if !read_all => read_all = true,
+                () = &mut deadline => {
+                    // Errors mean the child is already gone, which is what is wanted.
+                    let _ = child.start_kill();
+                    let _ = tokio::time::timeout(KILL_GRACE, child.wait()).await;
+                    return Ok(None);
+                }
             }
         };
         if !read_all {
@@ -629,7 +668,8 @@ async fn run_captured(cmd: &mut Command) -> io::Result<(ExitStatus, String, Stri
         status
     };
     let stdout = String::from_utf8_lossy(&out).into_owned();
-    Ok((status, stdout, tidy_stderr(&err)))
+    let stderr = redact_credentials(&String::from_utf8_lossy(&err));
+    Ok(Some((status, stdout, tidy_stderr(stderr.as_bytes()))))
 }
 
 /// Reads `reader` to the end, keeping its first `limit` bytes.
@@ -731,10 +771,16 @@ async fn clean_dest(dest: PathBuf, existed: bool) -> io::Result<()> {
 }
 
 fn clean_dest_blocking(dest: &Path, existed: bool) -> io::Result<()> {
-    match std::fs::remove_dir_all(dest) {
-        Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-        Err(err) => return Err(err),
+    // A helper process of a killed git (index-pack, say) may still add a file while the tree
+    // is being removed, making a directory non-empty again; try again a few times.
+    let mut attempts = 0;
+    loop {
+        match std::fs::remove_dir_all(dest) {
+            Ok(()) => break,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => break,
+            Err(_) if attempts < 3 => attempts += 1,
+            Err(err) => return Err(err),
+        }
     }
     if existed {
         std::fs::create_dir(dest)?;
@@ -768,6 +814,55 @@ impl Drop for CleanupGuard {
     }
 }
 
+/// A URL as shown in errors: credentials masked, length bounded.
+fn display_url(url: &str) -> String {
+    shorten(&redact_credentials(url))
+}
+
+/// Masks credentials in every `scheme://user:password@host` found in `text`.
+///
+/// Errors end up in logs and in the UI, where a token pasted into a URL must not appear. For
+/// `http` and `https` the whole user part is masked, since hosting services accept a token as
+/// the user name; for other schemes only the password is.
+fn redact_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let scheme_start = head[..i]
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |(j, c)| j + c.len_utf8());
+        let scheme = &head[scheme_start..i];
+        let end = tail
+            .find(|c: char| c == '/' || c.is_whitespace() || c == '\'' || c == '"')
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at)
+                if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
+            {
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+            }
+            Some(at) => match authority[..at].split_once(':') {
+                Some((user, _)) => {
+                    out.push_str(user);
+                    out.push_str(":***");
+                    out.push_str(&authority[at..]);
+                }
+                None => out.push_str(authority),
+            },
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Shortens user input quoted back in an error.
 fn shorten(s: &str) -> String {
     if s.len() <= QUOTE_LIMIT {
@@ -794,7 +889,7 @@ pub fn validate_url(url: &str) -> Result<(), SourceError> {
 /// Validates `url` (see [`validate_url`]) and tells which protocol git would use for it.
 pub fn url_protocol(url: &str) -> Result<Protocol, SourceError> {
     let bad = |reason: &str| SourceError::InvalidUrl {
-        url: shorten(url),
+        url: display_url(url),
         reason: reason.to_owned(),
     };
     if url.is_empty() {
@@ -1337,6 +1432,44 @@ mod tests {
         assert!(tidied.chars().all(|c| c == 'é'));
         // A tail cut in the middle of a character becomes a replacement character.
         assert_eq!(tidy_stderr(&"é".as_bytes()[1..]), "\u{fffd}");
+    }
+
+    #[test]
+    fn credentials_are_masked() {
+        for (text, masked) in [
+            (
+                "https://user:s3cret@example.org/r.git",
+                "https://***@example.org/r.git",
+            ),
+            (
+                "https://ghp_token@example.org/r",
+                "https://***@example.org/r",
+            ),
+            ("http://a:b@h:80/r", "http://***@h:80/r"),
+            ("ssh://git:pw@host/r", "ssh://git:***@host/r"),
+            ("ssh://git@host/r", "ssh://git@host/r"),
+            ("https://example.org/a@b", "https://example.org/a@b"),
+            (
+                "fatal: unable to access 'https://u:p@h/r/': refused",
+                "fatal: unable to access 'https://***@h/r/': refused",
+            ),
+            (
+                "git clone -- https://u:p@h/r d and https://x:y@z",
+                "git clone -- https://***@h/r d and https://***@z",
+            ),
+            ("no urls here", "no urls here"),
+            ("://", "://"),
+            ("é://é:é@é", "é://é:***@é"),
+        ] {
+            assert_eq!(redact_credentials(text), masked, "{text}");
+        }
+        match url_protocol("https://u:s3cret@example.org") {
+            Err(SourceError::InvalidUrl { url, .. }) => assert_eq!(url, "https://***@example.org"),
+            other => panic!("{other:?}"),
+        }
+        let git = Git::new().with_protocols([Protocol::Ssh]);
+        let err = git.check_url("https://u:s3cret@example.org/r").unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 
     #[test]

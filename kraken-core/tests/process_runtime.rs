@@ -41,11 +41,11 @@ async fn read_pid(artifact: &Artifact, file: &str) -> u32 {
     let path = Path::new(&artifact.id).join(file);
     let mut pid = None;
     for _ in 0..200 {
-        if let Ok(text) = tokio::fs::read_to_string(&path).await {
-            if let Ok(p) = text.trim().parse() {
-                pid = Some(p);
-                break;
-            }
+        if let Ok(text) = tokio::fs::read_to_string(&path).await
+            && let Ok(p) = text.trim().parse()
+        {
+            pid = Some(p);
+            break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

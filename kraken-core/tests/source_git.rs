@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kraken_core::source::{Checkout, Git, Protocol, SourceError};
+use kraken_core::source::{Checkout, Git, Protocol, SourceError, validate_branch};
 use tempfile::TempDir;
 
 /// Runs git synchronously for test setup, with a fixed identity and no user or system config.
@@ -498,6 +498,43 @@ $GIT_PROTOCOL_FROM_USER|$LC_ALL|${SSH_ASKPASS-unset}|$*\" >&2\n\
 }
 
 #[tokio::test]
+async fn credentials_never_appear_in_errors() {
+    let bin = tempfile::tempdir().unwrap();
+    let echo = script(
+        bin.path(),
+        "git",
+        "echo \"fatal: unable to access $*\" >&2\nexit 128",
+    );
+    let url = "https://kraken:s3cret@example.org/r.git";
+    let git = Git::new().with_binary(&echo);
+    let out = tempfile::tempdir().unwrap();
+    for err in [
+        git.head_commit(url, "main").await.unwrap_err(),
+        git.fetch(url, "main", None, &dest_in(&out))
+            .await
+            .unwrap_err(),
+    ] {
+        match &err {
+            SourceError::RepositoryUnavailable { url, stderr } => {
+                assert_eq!(url, "https://***@example.org/r.git");
+                assert!(stderr.contains("https://***@example.org/r.git"), "{stderr}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{err} {err:?}").contains("s3cret"), "{err:?}");
+    }
+    let sleeper = script(bin.path(), "slow-git", "exec sleep 30");
+    let err = Git::new()
+        .with_binary(&sleeper)
+        .with_timeout(Duration::from_millis(100))
+        .head_commit(url, "main")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SourceError::TimedOut { .. }), "{err:?}");
+    assert!(!format!("{err} {err:?}").contains("s3cret"), "{err:?}");
+}
+
+#[tokio::test]
 async fn slow_commands_time_out() {
     let bin = tempfile::tempdir().unwrap();
     let sleeper = script(bin.path(), "git", "exec sleep 30");
@@ -701,4 +738,58 @@ async fn errors_read_well() {
         err.to_string(),
         "invalid repository URL \"ext::sh\": the ext:: transport helper is not allowed"
     );
+}
+
+/// `validate_branch` accepts exactly what `git check-ref-format --branch` accepts, except that
+/// it also refuses a leading `-` and the shorthand `@`.
+#[test]
+fn branch_validation_agrees_with_git() {
+    const ALPHABET: [char; 30] = [
+        'a', 'b', 'c', 'x', 'y', 'z', 'a', 'b', '0', '1', 'é', '.', '.', '/', '/', '-', '_', '@',
+        '{', '}', '~', '^', ':', '\\', '*', '?', '[', ' ', '\t', 'k',
+    ];
+    let outside = tempfile::tempdir().unwrap();
+    let git_accepts = |name: &str| {
+        Command::new("git")
+            .args(["check-ref-format", "--branch", name])
+            .current_dir(outside.path())
+            .env("GIT_CEILING_DIRECTORIES", outside.path())
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let mut names: Vec<String> = [
+        "main", "a/b", "a.lock", "a.lock/b", "a/b.lock", "lock", ".lock", "a..b", "a/./b", "a/.b",
+        "@", "a@b", "@{", "a@{b", "HEAD", "head", "-", "a-", "a.", "a/", "/a", "a//b", "é/ü",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+    for _ in 0..400 {
+        let mut name = String::new();
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        for _ in 0..=(state % 8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            name.push(ALPHABET[(state % ALPHABET.len() as u64) as usize]);
+        }
+        names.push(name);
+    }
+    let mut accepted = 0;
+    for name in &names {
+        let ours = validate_branch(name).is_ok();
+        if name.starts_with('-') || name == "@" {
+            assert!(!ours, "{name:?}");
+            continue;
+        }
+        assert_eq!(ours, git_accepts(name), "{name:?}");
+        accepted += usize::from(ours);
+    }
+    // The generator must exercise both outcomes to mean anything.
+    assert!(accepted > 20 && accepted < names.len() - 20, "{accepted}");
 }

@@ -152,10 +152,6 @@ impl NodeContext {
         self.platform.borrow().as_ref().map_or(0, |p| p.epoch)
     }
 
-    pub(crate) fn notified(&self) -> Arc<Notify> {
-        Arc::clone(&self.waker)
-    }
-
     pub(crate) fn tracker(&self) -> TaskTracker {
         self.tasks.clone()
     }

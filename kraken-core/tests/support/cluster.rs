@@ -64,12 +64,20 @@ impl Cluster {
         let orchestrator = Agent::builder(NodeId::parse("orchestrator").unwrap())
             .transport(Arc::new(broker.transport()))
             .runtime(Arc::new(kraken_core::runtime::fake::FakeRuntime::new()))
-            .executor(OrchestrationExecutor::new(Arc::clone(&db), orchestrator_config()))
+            .executor(OrchestrationExecutor::new(
+                Arc::clone(&db),
+                orchestrator_config(),
+            ))
             .shutdown_grace(Duration::from_secs(5))
             .build()
             .unwrap()
             .spawn();
-        Cluster { broker, db, orchestrator: Some(orchestrator), workers: Vec::new() }
+        Cluster {
+            broker,
+            db,
+            orchestrator: Some(orchestrator),
+            workers: Vec::new(),
+        }
     }
 
     pub fn in_memory() -> Self {
@@ -81,11 +89,21 @@ impl Cluster {
         let id = NodeId::parse(name).unwrap();
         let transport = self.broker.transport();
         let handle = self.start_worker(&id, Arc::clone(&runtime), transport.clone());
-        self.workers.push(WorkerNode { id: id.clone(), runtime, transport, handle: Some(handle) });
+        self.workers.push(WorkerNode {
+            id: id.clone(),
+            runtime,
+            transport,
+            handle: Some(handle),
+        });
         id
     }
 
-    fn start_worker(&self, id: &NodeId, runtime: Arc<dyn Runtime>, transport: MemoryTransport) -> AgentHandle {
+    fn start_worker(
+        &self,
+        id: &NodeId,
+        runtime: Arc<dyn Runtime>,
+        transport: MemoryTransport,
+    ) -> AgentHandle {
         Agent::builder(id.clone())
             .transport(Arc::new(transport))
             .runtime(runtime)
@@ -133,13 +151,21 @@ impl Cluster {
 pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
     let start = tokio::time::Instant::now();
     while !f() {
-        assert!(start.elapsed() < limit, "condition not reached within {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// Waits until the deployment reaches `kind` (panics with its history otherwise).
-pub async fn wait_status(db: &Database, id: &DeploymentId, kind: StatusKind, limit: Duration) -> Deployment {
+pub async fn wait_status(
+    db: &Database,
+    id: &DeploymentId,
+    kind: StatusKind,
+    limit: Duration,
+) -> Deployment {
     let start = tokio::time::Instant::now();
     loop {
         let d = db.deployment(id).unwrap();
@@ -148,8 +174,15 @@ pub async fn wait_status(db: &Database, id: &DeploymentId, kind: StatusKind, lim
         }
         if start.elapsed() > limit {
             let history: Vec<String> = d.history.iter().map(|c| c.status.to_string()).collect();
-            let logs: Vec<String> = db.logs(id, Some(20)).unwrap_or_default().into_iter().map(|l| l.text).collect();
-            panic!("{id} did not reach {kind:?} within {limit:?}; history: {history:?}; logs: {logs:?}");
+            let logs: Vec<String> = db
+                .logs(id, Some(20))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|l| l.text)
+                .collect();
+            panic!(
+                "{id} did not reach {kind:?} within {limit:?}; history: {history:?}; logs: {logs:?}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

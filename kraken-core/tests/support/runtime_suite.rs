@@ -223,10 +223,10 @@ pub async fn http_get_ok(port: u16) -> Option<String> {
     let deadline = tokio::time::Instant::now() + STEP;
     loop {
         let got = tokio::task::spawn_blocking(move || http_get(port)).await;
-        if let Ok(Ok(response)) = got {
-            if response.lines().next().is_some_and(|l| l.contains(" 200")) {
-                return Some(response);
-            }
+        if let Ok(Ok(response)) = got
+            && response.lines().next().is_some_and(|l| l.contains(" 200"))
+        {
+            return Some(response);
         }
         if tokio::time::Instant::now() >= deadline {
             return None;

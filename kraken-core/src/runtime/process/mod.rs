@@ -15,6 +15,7 @@
 //! There is no isolation and there are no resource limits: apps run as the worker's user.
 //! The runtime reads `/proc`, so it runs on Linux.
 
+mod build;
 mod copy;
 mod logs;
 mod os;
@@ -27,7 +28,7 @@ use super::{
 use crate::model::{InstanceId, InstanceStats, LogLine, LogStream, Timestamp};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::os::unix::process::ExitStatusExt;
@@ -36,10 +37,9 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpListener;
 use tokio::process::Command;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -50,9 +50,6 @@ const META_FILE: &str = "meta.json";
 const STOP_POLL: Duration = Duration::from_millis(50);
 /// How long `stop` waits for a group to vanish after SIGKILL before reporting an error.
 const KILL_WAIT: Duration = Duration::from_secs(5);
-/// How long a finished build's output is still read: a process the build left behind may
-/// hold the pipes open.
-const BUILD_DRAIN: Duration = Duration::from_secs(2);
 /// Output lines quoted in a failure reason.
 const ERROR_LINES: usize = 20;
 /// Longest output line quoted in a failure reason, in bytes.
@@ -95,6 +92,21 @@ impl Default for ProcessConfig {
 ///
 /// One runtime owns one state directory. A new runtime over the directory of an earlier one
 /// (after a restart of the worker) re-attaches the instances that still run.
+///
+/// ```no_run
+/// use kraken_core::runtime::{Runtime, process::ProcessRuntime};
+/// use std::sync::Arc;
+///
+/// # async fn restarted_worker() -> Result<(), kraken_core::runtime::RuntimeError> {
+/// let runtime: Arc<dyn Runtime> =
+///     Arc::new(ProcessRuntime::new("/var/lib/kraken/process").log_cap_bytes(1 << 20));
+/// // The apps the previous worker started are still there.
+/// for instance in runtime.list().await? {
+///     println!("{} answers on port {:?}", instance.id, instance.port);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub struct ProcessRuntime {
     /// Root of everything this runtime creates; absolute, since artifact ids are paths.
     state_dir: PathBuf,
@@ -215,19 +227,13 @@ impl Tracked {
             self.meta.start_ticks,
         ) != os::Identity::Foreign
     }
-}
 
-/// Kills a build's process group when the build ends or is abandoned.
-struct BuildGroup {
-    pid: u32,
-    start_ticks: Option<u64>,
-}
-
-impl Drop for BuildGroup {
-    fn drop(&mut self) {
-        if os::identify(os::read_stat(self.pid), self.start_ticks) != os::Identity::Foreign {
-            // Nothing left to kill is the usual case.
-            let _ = os::signal_group(self.pid, libc::SIGKILL);
+    /// SIGKILL to the group, unless its pid went to another process meanwhile.
+    async fn kill(&self) -> Result<(), RuntimeError> {
+        if self.owns_group().await {
+            kill_group(self.meta.pid).await
+        } else {
+            Ok(())
         }
     }
 }
@@ -378,86 +384,11 @@ impl ProcessRuntime {
         let deadline = Instant::now() + timeout;
         while group_alive(pgid).await {
             if Instant::now() >= deadline {
-                return kill_group(pgid).await;
+                return tracked.kill().await;
             }
             tokio::time::sleep(STOP_POLL).await;
         }
         Ok(())
-    }
-
-    async fn run_build(
-        &self,
-        script: &str,
-        dir: &Path,
-        env: &BTreeMap<String, String>,
-        log: &LogSink,
-    ) -> Result<(), RuntimeError> {
-        check_env(env).map_err(|reason| RuntimeError::BuildFailed { reason })?;
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(script)
-            .current_dir(dir)
-            .env_clear()
-            .envs(base_env())
-            .envs(env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = command.spawn().map_err(|e| RuntimeError::BuildFailed {
-            reason: format!("cannot run the build command: {e}"),
-        })?;
-        let group = child.id().map(|pid| BuildGroup {
-            pid,
-            start_ticks: os::read_stat(pid).map(|s| s.start_ticks),
-        });
-        let (tx, mut rx) = mpsc::channel(256);
-        if let Some(out) = child.stdout.take() {
-            tokio::spawn(pump(out, tx.clone()));
-        }
-        if let Some(err) = child.stderr.take() {
-            tokio::spawn(pump(err, tx.clone()));
-        }
-        drop(tx);
-        let mut tail = VecDeque::new();
-        let status = {
-            let wait = child.wait();
-            tokio::pin!(wait);
-            loop {
-                tokio::select! {
-                    line = rx.recv() => match line {
-                        Some(text) => forward(text, log, &mut tail).await,
-                        None => break wait.await,
-                    },
-                    status = &mut wait => break status,
-                }
-            }
-        };
-        let drain = async {
-            while let Some(text) = rx.recv().await {
-                forward(text, log, &mut tail).await;
-            }
-        };
-        if tokio::time::timeout(BUILD_DRAIN, drain).await.is_err() {
-            debug!("the build left a process holding its output open");
-        }
-        drop(group);
-        let status = status.map_err(|source| RuntimeError::Io {
-            context: "waiting for the build command".into(),
-            source,
-        })?;
-        if status.success() {
-            return Ok(());
-        }
-        Err(RuntimeError::BuildFailed {
-            reason: format!(
-                "the build command `{script}` ended with {}{}",
-                Exit::from(status),
-                quote_output(tail.iter())
-            ),
-        })
     }
 }
 
@@ -531,14 +462,11 @@ impl Runtime for ProcessRuntime {
             let line = LogLine::new(LogStream::Build, format!("left out: {skipped}"));
             let _ = log.send(line).await;
         }
-        if let Some(script) = &request.manifest.config.build {
-            if let Err(e) = self
-                .run_build(script, &dest, &request.manifest.env, &log)
-                .await
-            {
-                remove_dir(&dest).await?;
-                return Err(e);
-            }
+        if let Some(script) = &request.manifest.config.build
+            && let Err(e) = build::run(script, &dest, &request.manifest.env, &log).await
+        {
+            remove_dir(&dest).await?;
+            return Err(e);
         }
         info!(
             deployment = %request.deployment,
@@ -668,7 +596,7 @@ impl Runtime for ProcessRuntime {
         let written = write_meta(&dir, &meta).await;
         let tracked = self.track(meta, Liveness::Child(exit_rx.clone()));
         if let Err(e) = written {
-            let _ = kill_group(pid).await;
+            let _ = tracked.kill().await;
             self.discard(&tracked).await?;
             return Err(e);
         }
@@ -688,7 +616,7 @@ impl Runtime for ProcessRuntime {
         };
         if let Some(exit) = early {
             let output = last_output(&dir).await;
-            if let Err(e) = kill_group(pid).await {
+            if let Err(e) = tracked.kill().await {
                 warn!(instance = %id, cause = %e, "cannot clean up after a failed start");
             }
             self.discard(&tracked).await?;
@@ -1047,39 +975,6 @@ fn quote_output<'a>(lines: impl Iterator<Item = &'a String>) -> String {
     } else {
         format!("; last output:{quoted}")
     }
-}
-
-/// Reads a build pipe line by line into `tx`.
-async fn pump(mut reader: impl AsyncRead + Unpin, tx: mpsc::Sender<String>) {
-    let mut buf = vec![0; 8192];
-    let mut splitter = logs::LineSplitter::default();
-    let mut lines = Vec::new();
-    loop {
-        match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                splitter.push(&buf[..n], &mut lines);
-                for line in lines.drain(..) {
-                    if tx.send(line).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-    if let Some(line) = splitter.finish() {
-        let _ = tx.send(line).await;
-    }
-}
-
-/// Hands a build output line to the sink, keeping the last ones for an error message.
-async fn forward(text: String, log: &LogSink, tail: &mut VecDeque<String>) {
-    if tail.len() == ERROR_LINES {
-        tail.pop_front();
-    }
-    tail.push_back(text.clone());
-    // A build goes on when nobody listens to its output.
-    let _ = log.send(LogLine::new(LogStream::Build, text)).await;
 }
 
 #[cfg(test)]
