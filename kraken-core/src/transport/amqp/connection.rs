@@ -795,6 +795,13 @@ mod tests {
         assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
         let second = backoff.next_delay();
         assert!(second >= Duration::from_millis(100) && second <= Duration::from_millis(200));
+        let mut previous_cap = Duration::from_millis(200);
+        for _ in 0..3 {
+            let delay = backoff.next_delay();
+            assert!(delay >= previous_cap && delay <= previous_cap * 2);
+            previous_cap *= 2;
+        }
+        // 100 ms * 2^5 = 3.2 s is past the cap: from now on the cap rules.
         for _ in 0..30 {
             let delay = backoff.next_delay();
             assert!(delay >= Duration::from_secs(1) && delay <= Duration::from_secs(2));
