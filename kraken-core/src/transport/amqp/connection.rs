@@ -435,6 +435,14 @@ impl Session {
             "x-queue-type".into(),
             AMQPValue::LongString("quorum".into()),
         );
+        arguments.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(i64::from(shared.config.dead_letter_limit)),
+        );
+        arguments.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("drop-head".into()),
+        );
         if let Some(expiry) = shared.config.queue_expiry {
             arguments.insert("x-expires".into(), millis(expiry));
         }
