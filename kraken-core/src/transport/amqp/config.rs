@@ -36,9 +36,8 @@ pub struct AmqpConfig {
     /// Start of every queue and exchange name (`<prefix>.<channel>`), so that several
     /// platforms (or test runs) can share one broker without seeing each other.
     pub prefix: String,
-    /// Most unacknowledged deliveries one subscription holds at a time (AMQP prefetch);
-    /// also the size of the buffer between the broker connection and the subscription.
-    /// At least 1.
+    /// Most unacknowledged deliveries one subscription holds at a time (AMQP prefetch),
+    /// which also bounds what waits in memory for the subscription to be read. At least 1.
     pub prefetch: u16,
     /// Deliveries of one message before a requeue turns into dead-lettering (the poison
     /// limit). At least 1.

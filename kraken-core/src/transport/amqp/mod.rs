@@ -6,8 +6,8 @@
 //! - [`AmqpConfig`] (`config`): URL, name prefix, prefetch, poison limit, timeouts, backoff.
 //! - `connection`: the connection, its supervisor (reconnect with backoff and jitter,
 //!   declare again) and the topology: queue arguments, dead letters.
-//! - `consume`: one task per subscription, the bounded buffer to the [`Subscription`] and
-//!   the acknowledgement of deliveries.
+//! - `consume`: the [`Subscription`] stream (which reads lapin's consumer directly and
+//!   subscribes again after an interruption) and the acknowledgement of deliveries.
 //!
 //! # Topology
 //!
