@@ -61,6 +61,9 @@ pub struct AmqpConfig {
     /// `None` (the default) keeps queues forever; tests set it so that their randomly
     /// named queues do not pile up on a shared broker.
     pub queue_expiry: Option<Duration>,
+    /// Most messages kept in the dead-letter queue; beyond it the oldest are dropped, so
+    /// a stream of garbage cannot fill the broker's disk.
+    pub dead_letter_limit: u32,
     /// The URL other nodes are told to use ([`broker_url`]); `None` means the connection
     /// URL without its password (unless it is RabbitMQ's default `guest` account).
     ///
@@ -81,6 +84,7 @@ impl Default for AmqpConfig {
             reconnect_max: Duration::from_secs(10),
             heartbeat: Duration::from_secs(10),
             queue_expiry: None,
+            dead_letter_limit: 10_000,
             advertise_url: None,
         }
     }
@@ -99,6 +103,7 @@ impl fmt::Debug for AmqpConfig {
             .field("reconnect_max", &self.reconnect_max)
             .field("heartbeat", &self.heartbeat)
             .field("queue_expiry", &self.queue_expiry)
+            .field("dead_letter_limit", &self.dead_letter_limit)
             .field(
                 "advertise_url",
                 &self
@@ -172,6 +177,13 @@ impl AmqpConfig {
     #[must_use]
     pub fn queue_expiry(mut self, expiry: Option<Duration>) -> Self {
         self.queue_expiry = expiry;
+        self
+    }
+
+    /// Sets how many messages the dead-letter queue keeps.
+    #[must_use]
+    pub fn dead_letter_limit(mut self, limit: u32) -> Self {
+        self.dead_letter_limit = limit;
         self
     }
 

@@ -15,7 +15,7 @@
 //! |---|---|
 //! | queue channel `name` | durable **quorum** queue `<prefix>.<name>`, reached through the default exchange; messages are persistent (delivery mode 2) |
 //! | broadcast channel `name` | durable fanout exchange `<prefix>.<name>`; each subscriber binds its own exclusive, auto-delete, server-named queue |
-//! | dead letters | fanout exchange and quorum queue `<prefix>.dead` (so no channel may be called `dead`) |
+//! | dead letters | fanout exchange and quorum queue `<prefix>.dead`, bounded by [`AmqpConfig::dead_letter_limit`] (so no channel may be called `dead`) |
 //!
 //! # Guarantees
 //!
