@@ -1,0 +1,966 @@
+//! The Docker runtime (feature `docker`): builds an image from the app's checkout and runs it
+//! as a container, through the daemon's API ([bollard]).
+//!
+//! - Build: the checkout (without `.git`) is streamed to the daemon as the build context,
+//!   with the Dockerfile of the manifest's `lang` from `dockerfiles/` (embedded in the
+//!   binary; `custom` uses the repository's own `Dockerfile`) and the base image of
+//!   [`DockerConfig`] as the `BASE_IMAGE` build argument. Output goes to the log sink line
+//!   by line; a builder error becomes [`RuntimeError::BuildFailed`] with its text. Images are
+//!   tagged `kraken/<app>:<deployment>-<generation>`.
+//! - Run: containers are named `kraken-<deployment>-<generation>`, publish the manifest's
+//!   port on the same host port when it is free (another one otherwise), get the manifest's
+//!   environment, `PORT`, and memory and CPU limits, and are never restarted by the daemon.
+//! - Ownership: every container and image carries [`LABEL_MANAGED`] and [`LABEL_OWNER`] (the
+//!   configured node label). Only objects carrying both (with this runtime's node label) are
+//!   ever listed, stopped or removed; nothing is pruned.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), kraken_core::runtime::RuntimeError> {
+//! use kraken_core::runtime::Runtime;
+//! use kraken_core::runtime::docker::{DockerConfig, DockerRuntime};
+//!
+//! let docker = DockerRuntime::connect(DockerConfig::default().node_label("node-1"))?;
+//! docker.ping().await?; // is a daemon there?
+//! for instance in docker.list().await? {
+//!     println!("{} runs {} on port {:?}", instance.id, instance.deployment, instance.port);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod context;
+mod convert;
+
+pub use config::{
+    DEFAULT_NODE_IMAGE, DEFAULT_NODE_LABEL, DEFAULT_PYTHON_IMAGE, DEFAULT_STATIC_IMAGE,
+    DockerConfig,
+};
+pub use convert::{
+    LABEL_APP, LABEL_CONTAINER_PORT, LABEL_DEPLOYMENT, LABEL_GENERATION, LABEL_HOST_PORT,
+    LABEL_MANAGED, LABEL_NODE, LABEL_OWNER, LABEL_STARTED_AT,
+};
+
+use crate::manifest::Lang;
+use crate::model::{
+    DeploymentId, InstanceId, InstanceStats, LogLine, LogStream, NodeId, Timestamp,
+};
+use crate::runtime::{
+    Artifact, BuildRequest, Capabilities, InstanceInfo, InstanceState, LogFollow, LogSink, Runtime,
+    RuntimeError, StartSpec,
+};
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary,
+    HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    BuildImageOptions, BuildImageOptionsBuilder, CreateContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
+};
+use context::{CUSTOM_DOCKERFILE, KRAKEN_DOCKERFILE};
+use convert::LineSplitter;
+use futures::{StreamExt, future, stream};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+use tracing::{debug, info, warn};
+
+const RUNTIME: &str = "docker";
+/// The longest an ordinary API call (inspect, create, list, ...) may take.
+const API_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest [`DockerRuntime::ping`] waits for the daemon.
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Host ports tried before `start` gives up on port conflicts.
+const PORT_ATTEMPTS: usize = 4;
+/// Log lines replayed from the past when following an instance's output.
+const LOG_TAIL: &str = "1000";
+
+/// Builds and runs apps as Docker containers. See the [module documentation](self).
+#[derive(Debug)]
+pub struct DockerRuntime {
+    docker: Docker,
+    config: DockerConfig,
+    /// Address published ports bind to, parsed once from the configuration.
+    host_ip: IpAddr,
+    /// Set once the API version has been agreed with the daemon. The daemon may be older
+    /// than the client (it refuses newer API versions), so the first call negotiates.
+    negotiated: OnceCell<()>,
+}
+
+/// What a container id refers to, as far as this runtime may know.
+enum Lookup {
+    /// No such container (any more).
+    Gone,
+    /// It exists but is not this runtime's: never touched.
+    Foreign,
+    /// One of ours.
+    Ours(Box<ContainerInspectResponse>),
+}
+
+impl DockerRuntime {
+    /// Prepares a client for the daemon at `config.host` (`DOCKER_HOST`, else the local
+    /// socket). Does not contact the daemon: see [`DockerRuntime::ping`].
+    pub fn connect(config: DockerConfig) -> Result<Self, RuntimeError> {
+        let host_ip: IpAddr = config.host_ip.parse().map_err(|_| RuntimeError::Backend {
+            runtime: RUNTIME,
+            reason: format!("host_ip {:?} is not an IP address", config.host_ip),
+        })?;
+        let docker = match &config.host {
+            Some(host) => Docker::connect_with_host(host),
+            None => Docker::connect_with_defaults(),
+        }
+        .map_err(backend)?;
+        // The client's own timeout covers a request up to its response headers, which for a
+        // build includes uploading the context; every call is bounded by its own timeout
+        // below, so this one only has to be longer than the longest of them.
+        let docker = docker.with_timeout(config.build_timeout + API_TIMEOUT);
+        Ok(DockerRuntime {
+            docker,
+            config,
+            host_ip,
+            negotiated: OnceCell::new(),
+        })
+    }
+
+    /// Checks that the daemon answers (within 10 seconds), so that an agent can tell
+    /// whether Docker is there before choosing it.
+    pub async fn ping(&self) -> Result<(), RuntimeError> {
+        let check = async {
+            self.ready().await?;
+            self.docker.ping().await.map_err(backend)?;
+            Ok(())
+        };
+        match tokio::time::timeout(PING_TIMEOUT, check).await {
+            Ok(result) => result,
+            Err(_) => Err(RuntimeError::Backend {
+                runtime: RUNTIME,
+                reason: format!("the daemon did not answer within {PING_TIMEOUT:?}"),
+            }),
+        }
+    }
+
+    /// The configuration this runtime was made with.
+    pub fn config(&self) -> &DockerConfig {
+        &self.config
+    }
+
+    /// Agrees on the API version with the daemon, once.
+    async fn ready(&self) -> Result<(), RuntimeError> {
+        self.negotiated
+            .get_or_try_init(|| async {
+                let docker = within(API_TIMEOUT, self.docker.clone().negotiate_version()).await?;
+                debug!(api = %docker.client_version(), "docker API version agreed");
+                Ok::<(), RuntimeError>(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Whether labels mark an object as this runtime's.
+    fn owns(&self, labels: Option<&HashMap<String, String>>) -> bool {
+        labels.is_some_and(|l| {
+            l.get(LABEL_MANAGED).is_some_and(|v| v == "true")
+                && l.get(LABEL_OWNER) == Some(&self.config.node_label)
+        })
+    }
+
+    async fn lookup(&self, instance: &InstanceId) -> Result<Lookup, RuntimeError> {
+        self.ready().await?;
+        match within(
+            API_TIMEOUT,
+            self.docker.inspect_container(instance.as_str(), None),
+        )
+        .await
+        {
+            Ok(c) if self.owns(c.config.as_ref().and_then(|c| c.labels.as_ref())) => {
+                Ok(Lookup::Ours(Box::new(c)))
+            }
+            Ok(_) => Ok(Lookup::Foreign),
+            Err(Failure::Docker(e)) if status_code(&e) == Some(404) => Ok(Lookup::Gone),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The container of `instance`, when it exists and is ours.
+    async fn owned(&self, instance: &InstanceId) -> Result<ContainerInspectResponse, RuntimeError> {
+        match self.lookup(instance).await? {
+            Lookup::Ours(c) => Ok(*c),
+            Lookup::Gone | Lookup::Foreign => Err(RuntimeError::NotFound {
+                instance: instance.clone(),
+            }),
+        }
+    }
+
+    /// Streams the build, forwarding its output to `log`.
+    async fn run_build(
+        &self,
+        options: BuildImageOptions,
+        body: context::ContextStream,
+        log: &LogSink,
+    ) -> Result<(), RuntimeError> {
+        let mut output =
+            self.docker
+                .build_image(options, None, Some(bollard::body_try_stream(body)));
+        let mut lines = LineSplitter::default();
+        let send = |text: String| async {
+            // A closed log receiver must not fail the build.
+            let _ = log.send(LogLine::new(LogStream::Build, text)).await;
+        };
+        while let Some(item) = output.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(text) = info.stream {
+                        for line in lines.push(&text) {
+                            send(line).await;
+                        }
+                    } else if let Some(status) = info.status {
+                        send(status).await;
+                    }
+                }
+                Err(err) => {
+                    if let Some(rest) = lines.finish() {
+                        send(rest).await;
+                    }
+                    let failure = match err {
+                        DockerError::DockerStreamError { error } => {
+                            RuntimeError::BuildFailed { reason: error }
+                        }
+                        // The daemon refused the build itself (bad Dockerfile, unknown
+                        // instruction, missing base image...): that is the builder's word too.
+                        DockerError::DockerResponseServerError { message, .. } => {
+                            RuntimeError::BuildFailed { reason: message }
+                        }
+                        other => backend(other),
+                    };
+                    if let RuntimeError::BuildFailed { reason } = &failure {
+                        send(reason.clone()).await;
+                    }
+                    return Err(failure);
+                }
+            }
+        }
+        if let Some(rest) = lines.finish() {
+            send(rest).await;
+        }
+        Ok(())
+    }
+
+    /// Whether `port` can be bound on the publishing address right now.
+    async fn port_is_free(&self, port: u16) -> bool {
+        tokio::net::TcpListener::bind((self.host_ip, port))
+            .await
+            .is_ok()
+    }
+
+    /// A port the system considers free (asked by binding port 0).
+    async fn ephemeral_port(&self) -> Result<u16, RuntimeError> {
+        let listener = tokio::net::TcpListener::bind((self.host_ip, 0))
+            .await
+            .map_err(|source| RuntimeError::Io {
+                context: format!("finding a free port on {}", self.host_ip),
+                source,
+            })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| RuntimeError::Io {
+                context: "reading the address of a probe socket".into(),
+                source,
+            })?
+            .port();
+        Ok(port)
+    }
+
+    fn container_body(
+        &self,
+        spec: &StartSpec,
+        host_port: u16,
+        started_at: Timestamp,
+    ) -> ContainerCreateBody {
+        let manifest = &spec.manifest;
+        let container_port = manifest.config.port;
+        let mut env = manifest.env.clone();
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.insert("PORT".to_owned(), container_port.to_string());
+        let env = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+
+        let labels = HashMap::from([
+            (LABEL_MANAGED.to_owned(), "true".to_owned()),
+            (LABEL_OWNER.to_owned(), self.config.node_label.clone()),
+            (LABEL_NODE.to_owned(), spec.node.to_string()),
+            (
+                LABEL_DEPLOYMENT.to_owned(),
+                spec.artifact.deployment.to_string(),
+            ),
+            (
+                LABEL_GENERATION.to_owned(),
+                spec.artifact.generation.to_string(),
+            ),
+            (LABEL_APP.to_owned(), manifest.app.name.clone()),
+            (LABEL_HOST_PORT.to_owned(), host_port.to_string()),
+            (LABEL_CONTAINER_PORT.to_owned(), container_port.to_string()),
+            (
+                LABEL_STARTED_AT.to_owned(),
+                started_at.as_millis().to_string(),
+            ),
+        ]);
+
+        let port_key = format!("{container_port}/tcp");
+        let memory = manifest
+            .resources
+            .memory_mb
+            .or(self.config.default_memory_mb)
+            .map(|mb| i64::try_from(mb.saturating_mul(1 << 20)).unwrap_or(i64::MAX));
+        let nano_cpus = manifest
+            .resources
+            .cpus
+            .or(self.config.default_cpus)
+            .filter(|c| c.is_finite() && *c > 0.0)
+            .map(|c| (c * 1e9) as i64);
+        let host_config = HostConfig {
+            port_bindings: Some(HashMap::from([(
+                port_key.clone(),
+                Some(vec![PortBinding {
+                    host_ip: Some(self.host_ip.to_string()),
+                    host_port: Some(host_port.to_string()),
+                }]),
+            )])),
+            memory,
+            // Equal to the memory limit: no swap, so the limit is the limit.
+            memory_swap: memory,
+            nano_cpus,
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            init: Some(self.config.init),
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(spec.artifact.id.clone()),
+            env: Some(env),
+            labels: Some(labels),
+            exposed_ports: Some(vec![port_key]),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+
+    /// Handles a container already bearing the name `start` wants: ours and running for the
+    /// same deployment and generation is the instance asked for (a repeated order); ours but
+    /// stopped is removed so it can be made again; someone else's is left alone.
+    async fn adopt_existing(
+        &self,
+        name: &str,
+        spec: &StartSpec,
+    ) -> Result<Option<InstanceInfo>, RuntimeError> {
+        let existing = match within(API_TIMEOUT, self.docker.inspect_container(name, None)).await {
+            Ok(c) => c,
+            Err(Failure::Docker(e)) if status_code(&e) == Some(404) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let labels = existing.config.as_ref().and_then(|c| c.labels.as_ref());
+        if !self.owns(labels) {
+            return Err(RuntimeError::StartFailed {
+                reason: format!("a container named {name} exists and is not Kraken's"),
+            });
+        }
+        let running = existing
+            .state
+            .as_ref()
+            .and_then(|s| s.running)
+            .unwrap_or(false);
+        let id = existing.id.clone().unwrap_or_else(|| name.to_owned());
+        if running
+            && let Some(info) = labels.and_then(|l| info_from_labels(&id, l, None, None))
+            && info.deployment == spec.artifact.deployment
+            && info.generation == spec.artifact.generation
+        {
+            info!(instance = %info.id, deployment = %info.deployment, "instance already running");
+            return Ok(Some(info));
+        }
+        debug!(container = %id, "removing a container of the same name");
+        self.remove_container(&id).await?;
+        Ok(None)
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match within(API_TIMEOUT, self.docker.remove_container(id, Some(options))).await {
+            Ok(()) => Ok(()),
+            // Already gone, or its removal already under way.
+            Err(Failure::Docker(e)) if matches!(status_code(&e), Some(404 | 409)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        RUNTIME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            logs: true,
+            stats: true,
+            reattach: true,
+            resource_limits: true,
+            isolation: true,
+        }
+    }
+
+    async fn build(&self, request: &BuildRequest, log: LogSink) -> Result<Artifact, RuntimeError> {
+        self.ready().await?;
+        let manifest = &request.manifest;
+        let lang = manifest.config.lang;
+        let dockerfile = context::embedded_dockerfile(lang);
+        if dockerfile.is_none() {
+            let path = request.source_dir.join(CUSTOM_DOCKERFILE);
+            let exists = tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file());
+            if !exists {
+                return Err(RuntimeError::BuildFailed {
+                    reason: format!(
+                        "lang = \"custom\" needs a {CUSTOM_DOCKERFILE} at the repository root"
+                    ),
+                });
+            }
+        }
+
+        let tag = format!(
+            "{}:{}",
+            convert::image_repository(&manifest.app.name),
+            convert::image_tag(&request.deployment, request.generation)
+        );
+        let mut args = HashMap::from([("PORT".to_owned(), manifest.config.port.to_string())]);
+        if let Some(base) = self.config.base_image(lang) {
+            args.insert("BASE_IMAGE".to_owned(), base.to_owned());
+        }
+        if lang != Lang::Custom {
+            if let Some(run) = &manifest.config.run {
+                args.insert("RUN_CMD".to_owned(), run.clone());
+            }
+            if let Some(build) = &manifest.config.build {
+                args.insert("BUILD_CMD".to_owned(), build.clone());
+            }
+        }
+        let labels = HashMap::from([
+            (LABEL_MANAGED.to_owned(), "true".to_owned()),
+            (LABEL_OWNER.to_owned(), self.config.node_label.clone()),
+            (LABEL_DEPLOYMENT.to_owned(), request.deployment.to_string()),
+            (LABEL_GENERATION.to_owned(), request.generation.to_string()),
+            (LABEL_APP.to_owned(), manifest.app.name.clone()),
+        ]);
+        let options = BuildImageOptionsBuilder::new()
+            .dockerfile(if dockerfile.is_some() {
+                KRAKEN_DOCKERFILE
+            } else {
+                CUSTOM_DOCKERFILE
+            })
+            .t(&tag)
+            .rm(true)
+            .forcerm(true)
+            .buildargs(&args)
+            .labels(&labels)
+            .build();
+
+        info!(
+            deployment = %request.deployment,
+            generation = request.generation,
+            image = %tag,
+            lang = ?lang,
+            "building image"
+        );
+        let (body, packer) = context::stream_context(request.source_dir.clone(), dockerfile);
+        let built = tokio::time::timeout(
+            self.config.build_timeout,
+            self.run_build(options, body, &log),
+        )
+        .await;
+        // The upload has ended one way or the other, so the packer ends too.
+        let packed = packer.await.map_err(|e| RuntimeError::Backend {
+            runtime: RUNTIME,
+            reason: format!("packing the build context: {e}"),
+        })?;
+        match built {
+            Err(_) => {
+                return Err(RuntimeError::BuildFailed {
+                    reason: format!("the build took longer than {:?}", self.config.build_timeout),
+                });
+            }
+            Ok(Err(failed @ RuntimeError::BuildFailed { .. })) => {
+                warn!(deployment = %request.deployment, cause = %failed, "build failed");
+                return Err(failed);
+            }
+            Ok(Err(other)) => {
+                return Err(match packed {
+                    Err(source) if source.kind() != std::io::ErrorKind::BrokenPipe => {
+                        RuntimeError::Io {
+                            context: format!(
+                                "packing the build context {}",
+                                request.source_dir.display()
+                            ),
+                            source,
+                        }
+                    }
+                    _ => other,
+                });
+            }
+            Ok(Ok(())) => {
+                if let Err(source) = packed {
+                    return Err(RuntimeError::Io {
+                        context: format!(
+                            "packing the build context {}",
+                            request.source_dir.display()
+                        ),
+                        source,
+                    });
+                }
+            }
+        }
+
+        let image = within(API_TIMEOUT, self.docker.inspect_image(&tag))
+            .await
+            .map_err(RuntimeError::from)?;
+        let id = image.id.ok_or_else(|| RuntimeError::Backend {
+            runtime: RUNTIME,
+            reason: format!("the daemon reported no id for the image {tag}"),
+        })?;
+        info!(deployment = %request.deployment, generation = request.generation, image = %tag, id = %id, "image built");
+        Ok(Artifact {
+            id,
+            deployment: request.deployment.clone(),
+            generation: request.generation,
+        })
+    }
+
+    async fn start(&self, spec: &StartSpec) -> Result<InstanceInfo, RuntimeError> {
+        self.ready().await?;
+        let deployment = &spec.artifact.deployment;
+        let generation = spec.artifact.generation;
+        let name = convert::container_name(deployment, generation);
+        if let Some(running) = self.adopt_existing(&name, spec).await? {
+            return Ok(running);
+        }
+
+        let wanted = spec.manifest.config.port;
+        let mut last_conflict = String::new();
+        for attempt in 0..PORT_ATTEMPTS {
+            let host_port = if attempt == 0 && self.port_is_free(wanted).await {
+                wanted
+            } else {
+                self.ephemeral_port().await?
+            };
+            let started_at = Timestamp::now();
+            let body = self.container_body(spec, host_port, started_at);
+            let options = CreateContainerOptionsBuilder::new().name(&name).build();
+            let created = within(
+                API_TIMEOUT,
+                self.docker.create_container(Some(options), body),
+            )
+            .await
+            .map_err(|e| RuntimeError::StartFailed {
+                reason: e.to_string(),
+            })?;
+            for warning in &created.warnings {
+                warn!(deployment = %deployment, warning = %warning, "docker warning on create");
+            }
+            match within(API_TIMEOUT, self.docker.start_container(&created.id, None)).await {
+                Ok(()) => {
+                    let id = InstanceId::parse(&created.id).map_err(|e| RuntimeError::Backend {
+                        runtime: RUNTIME,
+                        reason: e.to_string(),
+                    })?;
+                    info!(
+                        deployment = %deployment,
+                        generation,
+                        instance = %id,
+                        host_port,
+                        container_port = wanted,
+                        "container started"
+                    );
+                    return Ok(InstanceInfo {
+                        id,
+                        deployment: deployment.clone(),
+                        generation,
+                        node: spec.node.clone(),
+                        port: Some(host_port),
+                        started_at,
+                    });
+                }
+                Err(err) => {
+                    self.remove_container(&created.id).await?;
+                    let text = err.to_string();
+                    if is_port_conflict(&text) {
+                        warn!(deployment = %deployment, host_port, cause = %text, "host port taken, trying another");
+                        last_conflict = text;
+                        continue;
+                    }
+                    return Err(RuntimeError::StartFailed { reason: text });
+                }
+            }
+        }
+        Err(RuntimeError::StartFailed {
+            reason: format!("no free host port after {PORT_ATTEMPTS} attempts: {last_conflict}"),
+        })
+    }
+
+    /// Stops the container (SIGTERM, then SIGKILL after `timeout`; a zero timeout means the
+    /// configured [`DockerConfig::stop_timeout`]) and removes it with its anonymous volumes.
+    async fn stop(&self, instance: &InstanceId, timeout: Duration) -> Result<(), RuntimeError> {
+        let container = match self.lookup(instance).await? {
+            Lookup::Gone => return Ok(()),
+            Lookup::Foreign => {
+                warn!(instance = %instance, "refusing to stop a container Kraken does not own");
+                return Err(RuntimeError::NotFound {
+                    instance: instance.clone(),
+                });
+            }
+            Lookup::Ours(c) => c,
+        };
+        let id = container.id.clone().unwrap_or_else(|| instance.to_string());
+        let timeout = if timeout.is_zero() {
+            self.config.stop_timeout
+        } else {
+            timeout
+        };
+        let secs = i32::try_from(timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0))
+            .unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::new().t(secs).build();
+        match within(
+            timeout + API_TIMEOUT,
+            self.docker.stop_container(&id, Some(options)),
+        )
+        .await
+        {
+            Ok(()) => {}
+            // 304: already stopped; 404: gone meanwhile.
+            Err(Failure::Docker(e)) if matches!(status_code(&e), Some(304 | 404)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.remove_container(&id).await?;
+        info!(instance = %instance, "container stopped and removed");
+        Ok(())
+    }
+
+    async fn status(&self, instance: &InstanceId) -> Result<InstanceState, RuntimeError> {
+        let container = self.owned(instance).await?;
+        let state = container.state.unwrap_or_default();
+        if state.oom_killed == Some(true) {
+            return Ok(InstanceState::OomKilled);
+        }
+        let running = state.running == Some(true)
+            || matches!(
+                state.status,
+                Some(
+                    ContainerStateStatusEnum::RUNNING
+                        | ContainerStateStatusEnum::PAUSED
+                        | ContainerStateStatusEnum::RESTARTING
+                )
+            );
+        if running {
+            return Ok(InstanceState::Running);
+        }
+        // Created but never started has no exit code.
+        let code = match state.status {
+            Some(ContainerStateStatusEnum::CREATED) => None,
+            _ => state.exit_code.and_then(|c| i32::try_from(c).ok()),
+        };
+        Ok(InstanceState::Exited { code })
+    }
+
+    async fn list(&self) -> Result<Vec<InstanceInfo>, RuntimeError> {
+        self.ready().await?;
+        let filters = HashMap::from([(
+            "label",
+            vec![
+                format!("{LABEL_MANAGED}=true"),
+                format!("{LABEL_OWNER}={}", self.config.node_label),
+            ],
+        )]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = within(API_TIMEOUT, self.docker.list_containers(Some(options)))
+            .await
+            .map_err(RuntimeError::from)?;
+        Ok(containers
+            .into_iter()
+            .filter(|c| self.owns(c.labels.as_ref()))
+            .filter_map(|c| {
+                let info = info_from_summary(&c);
+                if info.is_none() {
+                    warn!(container = ?c.id, "skipping a Kraken container with unreadable labels");
+                }
+                info
+            })
+            .collect())
+    }
+
+    /// Follows stdout and stderr, starting with the last 1000 lines, each stamped with the
+    /// time Docker recorded it. Ends when the container stops.
+    async fn logs(&self, instance: &InstanceId) -> Result<LogFollow, RuntimeError> {
+        let container = self.owned(instance).await?;
+        let id = container.id.unwrap_or_else(|| instance.to_string());
+        let options = LogsOptionsBuilder::new()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .tail(LOG_TAIL)
+            .build();
+        let instance = instance.clone();
+        let lines = self
+            .docker
+            .logs(&id, Some(options))
+            .take_while(move |item| {
+                if let Err(err) = item {
+                    debug!(instance = %instance, cause = %err, "log stream ended");
+                }
+                future::ready(item.is_ok())
+            })
+            .filter_map(|item| future::ready(item.ok()))
+            .flat_map(|output| {
+                let lines = match output {
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        convert::log_lines(LogStream::Stdout, &message)
+                    }
+                    LogOutput::StdErr { message } => {
+                        convert::log_lines(LogStream::Stderr, &message)
+                    }
+                    LogOutput::StdIn { .. } => Vec::new(),
+                };
+                stream::iter(lines)
+            });
+        Ok(Box::pin(lines))
+    }
+
+    /// One sample: CPU % over the last second (as `docker stats` computes it) and memory
+    /// in use without reclaimable cache; the limit when one is set.
+    async fn stats(&self, instance: &InstanceId) -> Result<InstanceStats, RuntimeError> {
+        let container = self.owned(instance).await?;
+        let id = container.id.clone().unwrap_or_else(|| instance.to_string());
+        let options = StatsOptionsBuilder::new().stream(false).build();
+        let sample = within(API_TIMEOUT, async {
+            match self.docker.stats(&id, Some(options)).next().await {
+                Some(result) => result,
+                None => Err(DockerError::DockerStreamError {
+                    error: "the daemon sent no stats".into(),
+                }),
+            }
+        })
+        .await
+        .map_err(RuntimeError::from)?;
+        let limit = container
+            .host_config
+            .as_ref()
+            .and_then(|h| h.memory)
+            .filter(|m| *m > 0)
+            .and_then(|m| u64::try_from(m).ok());
+        Ok(InstanceStats {
+            cpu_percent: convert::cpu_percent(&sample),
+            mem_bytes: sample
+                .memory_stats
+                .as_ref()
+                .map(convert::memory_used)
+                .unwrap_or(0),
+            mem_limit_bytes: limit,
+            at: Timestamp::now(),
+        })
+    }
+
+    /// Removes the image built for the artifact's deployment and generation. Refuses an
+    /// image that is not this runtime's or that a container (anyone's) still uses; an
+    /// image already gone is fine. Only Kraken's own tags are removed: an image someone
+    /// else also tagged stays.
+    async fn remove_artifact(&self, artifact: &Artifact) -> Result<(), RuntimeError> {
+        self.ready().await?;
+        let image = match within(API_TIMEOUT, self.docker.inspect_image(&artifact.id)).await {
+            Ok(image) => image,
+            Err(Failure::Docker(e)) if status_code(&e) == Some(404) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let labels = image.config.as_ref().and_then(|c| c.labels.as_ref());
+        let matches = self.owns(labels)
+            && labels.is_some_and(|l| {
+                l.get(LABEL_DEPLOYMENT).map(String::as_str) == Some(artifact.deployment.as_str())
+                    && l.get(LABEL_GENERATION) == Some(&artifact.generation.to_string())
+            });
+        if !matches {
+            return Err(RuntimeError::Backend {
+                runtime: RUNTIME,
+                reason: format!(
+                    "refusing to remove image {}: it is not the one this runtime built for {} generation {}",
+                    artifact.id, artifact.deployment, artifact.generation
+                ),
+            });
+        }
+        let id = image.id.clone().unwrap_or_else(|| artifact.id.clone());
+        let filters = HashMap::from([("ancestor", vec![id.clone()])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let users = within(API_TIMEOUT, self.docker.list_containers(Some(options)))
+            .await
+            .map_err(RuntimeError::from)?;
+        if !users.is_empty() {
+            let names: Vec<String> = users
+                .iter()
+                .filter_map(|c| c.names.as_ref().and_then(|n| n.first()).cloned())
+                .collect();
+            return Err(RuntimeError::Backend {
+                runtime: RUNTIME,
+                reason: format!("image {id} is still used by {}", names.join(", ")),
+            });
+        }
+        let ours: Vec<&String> = image
+            .repo_tags
+            .iter()
+            .flatten()
+            .filter(|t| t.starts_with("kraken/"))
+            .collect();
+        let others = image.repo_tags.iter().flatten().count() - ours.len();
+        let targets: Vec<&str> = if ours.is_empty() && others == 0 {
+            vec![id.as_str()]
+        } else {
+            ours.iter().map(|t| t.as_str()).collect()
+        };
+        for target in targets {
+            let options = RemoveImageOptionsBuilder::new().force(false).build();
+            match within(
+                API_TIMEOUT,
+                self.docker.remove_image(target, Some(options), None),
+            )
+            .await
+            {
+                Ok(_) => {}
+                Err(Failure::Docker(e)) if status_code(&e) == Some(404) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if others > 0 {
+            info!(image = %id, "image kept: it carries tags that are not Kraken's");
+        } else {
+            info!(image = %id, deployment = %artifact.deployment, generation = artifact.generation, "image removed");
+        }
+        Ok(())
+    }
+}
+
+/// A failed or timed-out daemon call.
+enum Failure {
+    Docker(DockerError),
+    Timeout(Duration),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Docker(e) => write!(f, "{e}"),
+            Failure::Timeout(d) => write!(f, "the daemon did not answer within {d:?}"),
+        }
+    }
+}
+
+impl From<Failure> for RuntimeError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Docker(e) => backend(e),
+            timeout @ Failure::Timeout(_) => RuntimeError::Backend {
+                runtime: RUNTIME,
+                reason: timeout.to_string(),
+            },
+        }
+    }
+}
+
+/// Runs a daemon call with a time limit.
+async fn within<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, DockerError>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result.map_err(Failure::Docker),
+        Err(_) => Err(Failure::Timeout(limit)),
+    }
+}
+
+fn backend(err: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Backend {
+        runtime: RUNTIME,
+        reason: err.to_string(),
+    }
+}
+
+fn status_code(err: &DockerError) -> Option<u16> {
+    match err {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// Whether a start failure is another process holding the host port (the daemon's words
+/// differ between its proxy and its port allocator).
+fn is_port_conflict(text: &str) -> bool {
+    text.contains("port is already allocated") || text.contains("address already in use")
+}
+
+/// An instance from a container's labels. `fallback_port` is used when the host-port label
+/// is missing; `created_secs` when the start-time label is.
+fn info_from_labels(
+    id: &str,
+    labels: &HashMap<String, String>,
+    fallback_port: Option<u16>,
+    created_secs: Option<i64>,
+) -> Option<InstanceInfo> {
+    let deployment = DeploymentId::parse(labels.get(LABEL_DEPLOYMENT)?).ok()?;
+    let generation = labels.get(LABEL_GENERATION)?.parse().ok()?;
+    let node = NodeId::parse(labels.get(LABEL_NODE)?).ok()?;
+    let port = labels
+        .get(LABEL_HOST_PORT)
+        .and_then(|p| p.parse().ok())
+        .or(fallback_port);
+    let started_at = labels
+        .get(LABEL_STARTED_AT)
+        .and_then(|t| t.parse().ok())
+        .map(Timestamp)
+        .or_else(|| {
+            created_secs
+                .and_then(|s| u64::try_from(s).ok())
+                .map(|s| Timestamp(s.saturating_mul(1000)))
+        })
+        .unwrap_or_default();
+    Some(InstanceInfo {
+        id: InstanceId::parse(id).ok()?,
+        deployment,
+        generation,
+        node,
+        port,
+        started_at,
+    })
+}
+
+fn info_from_summary(c: &ContainerSummary) -> Option<InstanceInfo> {
+    let labels = c.labels.as_ref()?;
+    let container_port: Option<u16> = labels
+        .get(LABEL_CONTAINER_PORT)
+        .and_then(|p| p.parse().ok());
+    let published = c.ports.iter().flatten().find_map(|p| {
+        (Some(p.private_port) == container_port)
+            .then_some(p.public_port)
+            .flatten()
+    });
+    info_from_labels(c.id.as_deref()?, labels, published, c.created)
+}
