@@ -45,9 +45,10 @@ pub struct DockerConfig {
     /// How long a stop waits after SIGTERM before the daemon kills the container, when the
     /// caller gives no timeout of its own (zero).
     pub stop_timeout: Duration,
-    /// Scopes everything this runtime owns: containers are labelled with it and
+    /// Scopes everything this runtime owns: containers and images are labelled with it and
     /// [`list`](crate::runtime::Runtime::list) only reports containers carrying it. An agent
     /// sets it to its node id, so two agents sharing one daemon never see each other's apps.
+    /// 1 to 128 characters of `[A-Za-z0-9._-]`.
     pub node_label: String,
     /// The longest a build may take, uploading the context included. Docker's client
     /// default (two minutes up to the response headers) is too short for real builds.

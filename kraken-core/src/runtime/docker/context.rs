@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// Name of the Dockerfile Kraken adds to the context for the built-in languages. The
-/// Dockerfiles remove it from the image again.
+/// Name of the Dockerfile Kraken adds to the context: the language's (or, for `custom`, the
+/// repository's own) with Kraken's `LABEL` line appended. The built-in Dockerfiles remove it
+/// from the image again.
 pub const KRAKEN_DOCKERFILE: &str = ".kraken.Dockerfile";
 /// Name of a repository's own Dockerfile (`lang = "custom"`).
 pub const CUSTOM_DOCKERFILE: &str = "Dockerfile";
@@ -34,12 +35,32 @@ pub fn embedded_dockerfile(lang: Lang) -> Option<&'static str> {
 /// The stream of tar bytes for the daemon.
 pub type ContextStream = tokio_stream::wrappers::ReceiverStream<Result<Bytes, io::Error>>;
 
-/// Starts writing the context of `source_dir` (plus `dockerfile`, stored as
-/// [`KRAKEN_DOCKERFILE`], when given). Returns the byte stream and the writer task, which
-/// reports the archive's size or why it could not be written.
+/// The longest repository Dockerfile accepted (`custom`).
+pub const MAX_DOCKERFILE: u64 = 1 << 20;
+
+/// The Dockerfile to build with: `base` plus one `LABEL` instruction carrying `labels`.
+///
+/// One instruction, not the build API's `labels` option: the classic builder commits one
+/// layer per label given that way, about a second each on slow storage. Label values must
+/// be plain identifiers (checked by the caller), so no quoting rules of the Dockerfile's
+/// escape character come into play.
+pub fn with_labels(base: &str, labels: &[(&str, &str)]) -> String {
+    let mut text = base.trim_end().to_owned();
+    text.push_str("\nLABEL");
+    for (key, value) in labels {
+        text.push_str(&format!(" {key}=\"{value}\""));
+    }
+    text.push('\n');
+    text
+}
+
+/// Starts writing the context of `source_dir` plus `dockerfile`, stored as
+/// [`KRAKEN_DOCKERFILE`] (a file of that name in the checkout is left out). Returns the
+/// byte stream and the writer task, which reports the archive's size or why it could not be
+/// written.
 pub fn stream_context(
     source_dir: PathBuf,
-    dockerfile: Option<&'static str>,
+    dockerfile: String,
 ) -> (ContextStream, JoinHandle<io::Result<u64>>) {
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     let task = tokio::task::spawn_blocking(move || {
@@ -48,7 +69,7 @@ pub fn stream_context(
             buf: Vec::with_capacity(CHUNK),
             written: 0,
         };
-        let result = write_context(&mut writer, &source_dir, dockerfile)
+        let result = write_context(&mut writer, &source_dir, &dockerfile)
             .and_then(|()| writer.flush().map(|()| writer.written));
         if let Err(err) = &result {
             // Make the upload fail instead of sending a truncated archive as if complete.
@@ -59,37 +80,26 @@ pub fn stream_context(
     (tokio_stream::wrappers::ReceiverStream::new(rx), task)
 }
 
-fn write_context<W: Write>(
-    out: W,
-    source_dir: &Path,
-    dockerfile: Option<&'static str>,
-) -> io::Result<()> {
+fn write_context<W: Write>(out: W, source_dir: &Path, dockerfile: &str) -> io::Result<()> {
     let mut tar = tar::Builder::new(out);
     // Symlinks stay symlinks: following them could pull files from outside the checkout.
     tar.follow_symlinks(false);
     // Fixed owners and times: the same checkout gives the same archive, so Docker's build
     // cache is reused across redeploys of an unchanged app.
     tar.mode(tar::HeaderMode::Deterministic);
-    append_dir(&mut tar, source_dir, Path::new(""), dockerfile.is_some())?;
-    if let Some(text) = dockerfile {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(text.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(0);
-        header.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut header, KRAKEN_DOCKERFILE, text.as_bytes())?;
-    }
+    append_dir(&mut tar, source_dir, Path::new(""))?;
+    let mut header = tar::Header::new_gnu();
+    header.set_size(dockerfile.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut header, KRAKEN_DOCKERFILE, dockerfile.as_bytes())?;
     tar.into_inner()?.flush()
 }
 
-/// Appends the entries of `root/rel` recursively, in name order, skipping `.git` folders (and
-/// a file clashing with Kraken's own Dockerfile when one is added).
-fn append_dir<W: Write>(
-    tar: &mut tar::Builder<W>,
-    root: &Path,
-    rel: &Path,
-    skip_kraken_dockerfile: bool,
-) -> io::Result<()> {
+/// Appends the entries of `root/rel` recursively, in name order, skipping `.git` folders and
+/// a file clashing with Kraken's own Dockerfile.
+fn append_dir<W: Write>(tar: &mut tar::Builder<W>, root: &Path, rel: &Path) -> io::Result<()> {
     let dir = root.join(rel);
     let mut entries = std::fs::read_dir(&dir)
         .map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", dir.display())))?
@@ -101,14 +111,14 @@ fn append_dir<W: Write>(
             continue;
         }
         let rel_path = rel.join(&name);
-        if skip_kraken_dockerfile && rel_path == Path::new(KRAKEN_DOCKERFILE) {
+        if rel_path == Path::new(KRAKEN_DOCKERFILE) {
             continue;
         }
         let file_type = entry.file_type()?;
         let path = entry.path();
         if file_type.is_dir() {
             tar.append_dir(&rel_path, &path)?;
-            append_dir(tar, root, &rel_path, skip_kraken_dockerfile)?;
+            append_dir(tar, root, &rel_path)?;
         } else if file_type.is_file() || file_type.is_symlink() {
             tar.append_path_with_name(&path, &rel_path)?;
         }
@@ -177,7 +187,13 @@ mod tests {
         #[cfg(unix)]
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).unwrap();
 
-        let dockerfile = embedded_dockerfile(Lang::Static);
+        let dockerfile = with_labels(
+            embedded_dockerfile(Lang::Static).unwrap(),
+            &[("io.kraken.managed", "true"), ("io.kraken.owner", "n1")],
+        );
+        assert!(
+            dockerfile.ends_with("\nLABEL io.kraken.managed=\"true\" io.kraken.owner=\"n1\"\n")
+        );
         let (stream, task) = stream_context(dir.path().to_path_buf(), dockerfile);
         let chunks: Vec<_> = stream.collect().await;
         let size = task.await.unwrap().unwrap();
@@ -218,7 +234,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_directory_fails_the_stream() {
-        let (stream, task) = stream_context(PathBuf::from("/nonexistent/kraken-test"), None);
+        let (stream, task) =
+            stream_context(PathBuf::from("/nonexistent/kraken-test"), String::new());
         let chunks: Vec<_> = stream.collect().await;
         assert!(chunks.iter().any(|c| c.is_err()));
         assert!(task.await.unwrap().is_err());

@@ -108,6 +108,16 @@ impl DockerRuntime {
     /// Prepares a client for the daemon at `config.host` (`DOCKER_HOST`, else the local
     /// socket). Does not contact the daemon: see [`DockerRuntime::ping`].
     pub fn connect(config: DockerConfig) -> Result<Self, RuntimeError> {
+        // The label ends up in a Dockerfile and in label filters: plain identifiers only.
+        if NodeId::parse(&config.node_label).is_err() {
+            return Err(RuntimeError::Backend {
+                runtime: RUNTIME,
+                reason: format!(
+                    "node label {:?} must be 1-128 characters of [A-Za-z0-9._-]",
+                    config.node_label
+                ),
+            });
+        }
         let host_ip: IpAddr = config.host_ip.parse().map_err(|_| RuntimeError::Backend {
             runtime: RUNTIME,
             reason: format!("host_ip {:?} is not an IP address", config.host_ip),
@@ -424,18 +434,20 @@ impl Runtime for DockerRuntime {
         self.ready().await?;
         let manifest = &request.manifest;
         let lang = manifest.config.lang;
-        let dockerfile = context::embedded_dockerfile(lang);
-        if dockerfile.is_none() {
-            let path = request.source_dir.join(CUSTOM_DOCKERFILE);
-            let exists = tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file());
-            if !exists {
-                return Err(RuntimeError::BuildFailed {
-                    reason: format!(
-                        "lang = \"custom\" needs a {CUSTOM_DOCKERFILE} at the repository root"
-                    ),
-                });
-            }
-        }
+        let base = match context::embedded_dockerfile(lang) {
+            Some(text) => text.to_owned(),
+            None => read_custom_dockerfile(&request.source_dir).await?,
+        };
+        let generation = request.generation.to_string();
+        let dockerfile = context::with_labels(
+            &base,
+            &[
+                (LABEL_MANAGED, "true"),
+                (LABEL_OWNER, &self.config.node_label),
+                (LABEL_DEPLOYMENT, request.deployment.as_str()),
+                (LABEL_GENERATION, &generation),
+            ],
+        );
 
         let tag = format!(
             "{}:{}",
@@ -454,24 +466,12 @@ impl Runtime for DockerRuntime {
                 args.insert("BUILD_CMD".to_owned(), build.clone());
             }
         }
-        let labels = HashMap::from([
-            (LABEL_MANAGED.to_owned(), "true".to_owned()),
-            (LABEL_OWNER.to_owned(), self.config.node_label.clone()),
-            (LABEL_DEPLOYMENT.to_owned(), request.deployment.to_string()),
-            (LABEL_GENERATION.to_owned(), request.generation.to_string()),
-            (LABEL_APP.to_owned(), manifest.app.name.clone()),
-        ]);
         let options = BuildImageOptionsBuilder::new()
-            .dockerfile(if dockerfile.is_some() {
-                KRAKEN_DOCKERFILE
-            } else {
-                CUSTOM_DOCKERFILE
-            })
+            .dockerfile(KRAKEN_DOCKERFILE)
             .t(&tag)
             .rm(true)
             .forcerm(true)
             .buildargs(&args)
-            .labels(&labels)
             .build();
 
         info!(
@@ -859,6 +859,36 @@ impl Runtime for DockerRuntime {
     }
 }
 
+/// The repository's own Dockerfile (`lang = "custom"`), read whole (it is small).
+async fn read_custom_dockerfile(source_dir: &std::path::Path) -> Result<String, RuntimeError> {
+    let path = source_dir.join(CUSTOM_DOCKERFILE);
+    let missing = || RuntimeError::BuildFailed {
+        reason: format!("lang = \"custom\" needs a {CUSTOM_DOCKERFILE} at the repository root"),
+    };
+    let meta = tokio::fs::metadata(&path).await.map_err(|_| missing())?;
+    if !meta.is_file() {
+        return Err(missing());
+    }
+    if meta.len() > context::MAX_DOCKERFILE {
+        return Err(RuntimeError::BuildFailed {
+            reason: format!(
+                "the {CUSTOM_DOCKERFILE} is {} bytes, more than the {} accepted",
+                meta.len(),
+                context::MAX_DOCKERFILE
+            ),
+        });
+    }
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|source| RuntimeError::Io {
+            context: format!("reading {}", path.display()),
+            source,
+        })?;
+    String::from_utf8(bytes).map_err(|_| RuntimeError::BuildFailed {
+        reason: format!("the {CUSTOM_DOCKERFILE} is not UTF-8 text"),
+    })
+}
+
 /// A failed or timed-out daemon call.
 enum Failure {
     Docker(DockerError),
@@ -963,4 +993,58 @@ fn info_from_summary(c: &ContainerSummary) -> Option<InstanceInfo> {
             .flatten()
     });
     info_from_labels(c.id.as_deref()?, labels, published, c.created)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_configuration_is_refused_before_any_connection() {
+        for config in [
+            DockerConfig::default().node_label("two words"),
+            DockerConfig::default().node_label(""),
+            DockerConfig::default().node_label("a\"b"),
+            DockerConfig::default().host_ip("not an ip"),
+        ] {
+            assert!(matches!(
+                DockerRuntime::connect(config),
+                Err(RuntimeError::Backend { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn port_conflicts_are_recognised_in_both_wordings() {
+        assert!(is_port_conflict(
+            "driver failed programming external connectivity on endpoint x: Bind for 0.0.0.0:8080 failed: port is already allocated"
+        ));
+        assert!(is_port_conflict(
+            "Error starting userland proxy: listen tcp4 0.0.0.0:8080: bind: address already in use"
+        ));
+        assert!(!is_port_conflict("no such image"));
+    }
+
+    #[test]
+    fn instances_are_read_back_from_labels() {
+        let labels = HashMap::from([
+            (LABEL_DEPLOYMENT.to_owned(), "dep-1".to_owned()),
+            (LABEL_GENERATION.to_owned(), "4".to_owned()),
+            (LABEL_NODE.to_owned(), "node-a".to_owned()),
+            (LABEL_HOST_PORT.to_owned(), "8081".to_owned()),
+            (LABEL_STARTED_AT.to_owned(), "1234".to_owned()),
+        ]);
+        let info = info_from_labels("abc123", &labels, Some(9999), Some(5)).unwrap();
+        assert_eq!(info.port, Some(8081));
+        assert_eq!(info.generation, 4);
+        assert_eq!(info.started_at, Timestamp(1234));
+        let mut bare = labels.clone();
+        bare.remove(LABEL_HOST_PORT);
+        bare.remove(LABEL_STARTED_AT);
+        let info = info_from_labels("abc123", &bare, Some(9999), Some(5)).unwrap();
+        assert_eq!(info.port, Some(9999));
+        assert_eq!(info.started_at, Timestamp(5000));
+        bare.insert(LABEL_DEPLOYMENT.to_owned(), "../x".to_owned());
+        assert!(info_from_labels("abc123", &bare, None, None).is_none());
+    }
 }
