@@ -996,6 +996,7 @@ fn info_from_summary(c: &ContainerSummary) -> Option<InstanceInfo> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
