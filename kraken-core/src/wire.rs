@@ -269,7 +269,7 @@ pub struct DeploymentOrder {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WorkRequestMessage {
     /// Build and run this (replacing an older generation of it).
-    RequestDeployment(DeploymentOrder),
+    RequestDeployment(Box<DeploymentOrder>),
     /// Stop and remove every instance of this deployment up to `generation`.
     CancelDeployment {
         /// The deployment.

@@ -10,6 +10,7 @@
 //! time runs in tasks spawned on [`NodeContext::spawn`].
 
 pub mod orchestrator;
+pub mod probe;
 pub mod worker;
 
 use crate::model::{NodeId, PlatformInfo};
@@ -149,10 +150,6 @@ impl NodeContext {
     /// The orchestrator epoch this node knows (0 before any announcement).
     pub fn epoch(&self) -> u64 {
         self.platform.borrow().as_ref().map_or(0, |p| p.epoch)
-    }
-
-    pub(crate) fn notified(&self) -> Arc<Notify> {
-        Arc::clone(&self.waker)
     }
 
     pub(crate) fn tracker(&self) -> TaskTracker {

@@ -1,1 +1,770 @@
-//! Orchestration executor.
+//! The orchestrator: owns the [`Database`], places deployments and watches nodes.
+//!
+//! Consumers of `sysinfo`, `deployment` and `log` write what workers observe into the
+//! database; the API writes what users ask. [`OrchestrationExecutor::execute`] then
+//! reconciles, level-triggered and idempotently:
+//!
+//! - `DeploymentRequested` → validate (URL, branch, head commit, `shipwreck.toml`) in a
+//!   task → `DelegatingDeployment`;
+//! - `DelegatingDeployment` → place on the least-loaded live node (fewest active
+//!   deployments, then most free RAM, then least CPU) → send the order;
+//! - `UpdateRequested` → look up the branch head; redeploy if it moved (or after an error);
+//! - `DestructionRequested` → tell the worker → it reports `Destroyed`;
+//! - a node silent past the node timeout is removed and its deployments placed again with
+//!   a new generation; instances a node reports that nobody wants any more are stopped.
+
+use super::{ExecutionFailure, Executor, NodeContext, SetupFailure};
+use crate::manifest::Manifest;
+use crate::model::{
+    Deployment, DeploymentId, DeploymentStatus, NodeId, PlatformInfo, StatusKind, Timestamp,
+};
+use crate::source::{Fetcher, Git};
+use crate::state::{Database, ReportOutcome};
+use crate::transport::{Received, TransportExt};
+use crate::wire::{
+    self, DeploymentOrder, Envelope, InstanceReport, Message, PlatformMessage, WorkRequestMessage,
+};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Settings of the orchestrator.
+#[derive(Clone)]
+pub struct OrchestratorConfig {
+    /// A node not heard from for this long is removed and its deployments placed again.
+    pub node_timeout: Duration,
+    /// How often the orchestrator announces itself on the `platform` channel.
+    pub announce_interval: Duration,
+    /// The longest time between two reconciliations when nothing happens.
+    pub tick: Duration,
+    /// How often an unwanted instance is told to stop again while a node keeps reporting it.
+    pub orphan_retry: Duration,
+    /// How sources are looked up and fetched for validation (git by default).
+    pub source: Arc<dyn Fetcher>,
+    /// Where validation checkouts are made (default: `<data dir>/validate` or a temporary
+    /// directory).
+    pub work_dir: Option<PathBuf>,
+    /// Most validations (git fetches) at the same time.
+    pub max_parallel_validations: usize,
+    /// The HTTP API address announced to nodes, when an API is served.
+    pub api_addr: Option<String>,
+}
+
+impl std::fmt::Debug for OrchestratorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrchestratorConfig")
+            .field("node_timeout", &self.node_timeout)
+            .field("announce_interval", &self.announce_interval)
+            .field("tick", &self.tick)
+            .field("work_dir", &self.work_dir)
+            .field("api_addr", &self.api_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        OrchestratorConfig {
+            node_timeout: Duration::from_secs(5),
+            announce_interval: Duration::from_secs(2),
+            tick: Duration::from_millis(500),
+            orphan_retry: Duration::from_secs(10),
+            source: Arc::new(Git::new()),
+            work_dir: None,
+            max_parallel_validations: 4,
+            api_addr: None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Observed {
+    /// When each node was last heard from (monotonic time, for the timeout).
+    last_heard: HashMap<NodeId, Instant>,
+    /// The instances each node last said it runs.
+    instances: HashMap<NodeId, Vec<InstanceReport>>,
+    /// Nodes that announced they leave.
+    leaving: Vec<NodeId>,
+}
+
+/// Places and watches deployments. See the module docs.
+pub struct OrchestrationExecutor {
+    db: Arc<Database>,
+    config: OrchestratorConfig,
+    observed: Arc<Mutex<Observed>>,
+    validations: HashMap<DeploymentId, JoinHandle<()>>,
+    validation_permits: Arc<Semaphore>,
+    /// The last order sent per deployment (node, generation), so it is sent once.
+    delegated: HashMap<DeploymentId, (NodeId, u64)>,
+    /// When a stop was last sent for an unwanted instance (node, deployment, generation).
+    orphans_told: HashMap<(NodeId, DeploymentId, u64), Instant>,
+    /// Deployments told there is no worker to place them on (told once).
+    waiting: std::collections::HashSet<DeploymentId>,
+}
+
+impl std::fmt::Debug for OrchestrationExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrchestrationExecutor")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn observed(o: &Mutex<Observed>) -> MutexGuard<'_, Observed> {
+    o.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl OrchestrationExecutor {
+    /// An orchestrator over `db`.
+    pub fn new(db: Arc<Database>, config: OrchestratorConfig) -> Self {
+        let permits = Arc::new(Semaphore::new(config.max_parallel_validations.max(1)));
+        OrchestrationExecutor {
+            db,
+            config,
+            observed: Arc::new(Mutex::new(Observed::default())),
+            validations: HashMap::new(),
+            validation_permits: permits,
+            delegated: HashMap::new(),
+            orphans_told: HashMap::new(),
+            waiting: Default::default(),
+        }
+    }
+
+    /// The database it reconciles.
+    pub fn database(&self) -> Arc<Database> {
+        Arc::clone(&self.db)
+    }
+
+    fn platform_info(&self, ctx: &NodeContext) -> PlatformInfo {
+        PlatformInfo {
+            orchestrator: ctx.node.clone(),
+            epoch: self.db.epoch(),
+            api_addr: self.config.api_addr.clone(),
+            broker_url: ctx.transport.broker_url(),
+            candidates: Vec::new(),
+        }
+    }
+
+    fn work_dir(&self, ctx: &NodeContext) -> PathBuf {
+        self.config
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| match &ctx.config.data_dir {
+                Some(dir) => dir.join("validate"),
+                None => std::env::temp_dir().join(format!("kraken-validate-{}", ctx.node)),
+            })
+    }
+
+    fn spawn_validation(&mut self, ctx: &NodeContext, d: &Deployment) {
+        if self
+            .validations
+            .get(&d.id)
+            .is_some_and(|h| !h.is_finished())
+        {
+            return;
+        }
+        let task = Validation {
+            db: Arc::clone(&self.db),
+            source: Arc::clone(&self.config.source),
+            work_dir: self.work_dir(ctx),
+            id: d.id.clone(),
+            permits: Arc::clone(&self.validation_permits),
+        };
+        let handle = ctx.spawn(task.run());
+        self.validations.insert(d.id.clone(), handle);
+    }
+
+    async fn send(&self, ctx: &NodeContext, node: &NodeId, order: WorkRequestMessage) -> bool {
+        let envelope = Envelope::new(ctx.node.clone(), self.db.epoch(), order);
+        match ctx
+            .transport
+            .send(&wire::work_channel(node), &envelope)
+            .await
+        {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(node = %node, cause = %err, "could not send work; will retry");
+                false
+            }
+        }
+    }
+
+    /// Removes nodes that timed out or left; returns the live ones.
+    async fn check_nodes(&mut self, ctx: &NodeContext) -> Vec<NodeId> {
+        let now = Instant::now();
+        let lost: Vec<NodeId> = {
+            let mut o = observed(&self.observed);
+            let mut lost: Vec<NodeId> = std::mem::take(&mut o.leaving);
+            lost.extend(
+                o.last_heard
+                    .iter()
+                    .filter(|(_, t)| now.duration_since(**t) > self.config.node_timeout)
+                    .map(|(n, _)| n.clone()),
+            );
+            for n in &lost {
+                o.last_heard.remove(n);
+                o.instances.remove(n);
+            }
+            lost
+        };
+        for node in lost {
+            if self.db.remove_node(&node).is_some() {
+                tracing::warn!(node = %node, "node lost; its deployments will be placed again");
+                if let Err(err) = ctx.transport.delete(wire::work_channel(&node).spec()).await {
+                    tracing::debug!(node = %node, cause = %err, "could not delete the work queue");
+                }
+            }
+        }
+        let o = observed(&self.observed);
+        self.db
+            .nodes()
+            .into_iter()
+            .map(|n| n.id)
+            .filter(|n| o.last_heard.contains_key(n))
+            .collect()
+    }
+
+    async fn reconcile(&mut self, ctx: &NodeContext) {
+        let alive = self.check_nodes(ctx).await;
+        let deployments = self.db.deployments();
+        let free_ram: HashMap<NodeId, (u64, f64)> = self
+            .db
+            .nodes()
+            .into_iter()
+            .map(|n| (n.id.clone(), (n.stats.ram_free_mb, n.stats.cpu_percent)))
+            .collect();
+        let mut load: BTreeMap<NodeId, usize> = alive.iter().map(|n| (n.clone(), 0)).collect();
+        for d in &deployments {
+            if let Some(node) = &d.node
+                && (d.status.is_active() || d.status.kind() == StatusKind::UpdateRequested)
+                && let Some(count) = load.get_mut(node)
+            {
+                *count += 1;
+            }
+        }
+        let live: std::collections::HashSet<NodeId> = alive.iter().cloned().collect();
+        let is_alive = |n: &Option<NodeId>| n.as_ref().is_some_and(|n| live.contains(n));
+
+        for d in &deployments {
+            match d.status.kind() {
+                StatusKind::DeploymentRequested => {
+                    if self
+                        .db
+                        .transition(&d.id, DeploymentStatus::ValidatingDeploymentData)
+                        .is_ok()
+                    {
+                        self.spawn_validation(ctx, d);
+                    }
+                }
+                StatusKind::ValidatingDeploymentData
+                | StatusKind::RetrievingApplicationData
+                | StatusKind::UpdateRequested => self.spawn_validation(ctx, d),
+                StatusKind::DelegatingDeployment => {
+                    let node = if is_alive(&d.node) {
+                        d.node.clone()
+                    } else {
+                        let chosen = place(&load, &free_ram);
+                        if let Some(n) = &chosen {
+                            let replaced = d.node.is_some();
+                            self.db.update(&d.id, |d| {
+                                d.node = Some(n.clone());
+                                if replaced {
+                                    d.generation += 1;
+                                }
+                            });
+                            if let Some(c) = load.get_mut(n) {
+                                *c += 1;
+                            }
+                            self.waiting.remove(&d.id);
+                        } else if self.waiting.insert(d.id.clone()) {
+                            self.db.note(&d.id, "waiting for a worker to place it on");
+                        }
+                        chosen
+                    };
+                    let Some(node) = node else { continue };
+                    let Some(current) = self.db.deployment(&d.id) else {
+                        continue;
+                    };
+                    if current.status.kind() != StatusKind::DelegatingDeployment {
+                        continue;
+                    }
+                    let key = (node.clone(), current.generation);
+                    if self.delegated.get(&d.id) == Some(&key) {
+                        continue;
+                    }
+                    let (Some(commit), Some(manifest)) =
+                        (current.commit.clone(), current.manifest.clone())
+                    else {
+                        // Validated data missing (should not happen): validate again.
+                        let _ = self.db.transition(
+                            &d.id,
+                            DeploymentStatus::Errored(
+                                "validated data missing; redeploy to retry".into(),
+                            ),
+                        );
+                        continue;
+                    };
+                    let order = DeploymentOrder {
+                        deployment: d.id.clone(),
+                        generation: current.generation,
+                        source_url: current.source_url.clone(),
+                        branch: current.branch.clone(),
+                        commit,
+                        manifest,
+                    };
+                    if self
+                        .send(
+                            ctx,
+                            &node,
+                            WorkRequestMessage::RequestDeployment(Box::new(order)),
+                        )
+                        .await
+                    {
+                        self.db.note(
+                            &d.id,
+                            format!("placed on {node} (generation {})", current.generation),
+                        );
+                        self.delegated.insert(d.id.clone(), key);
+                    }
+                }
+                StatusKind::BuildingDeployment | StatusKind::Deploying | StatusKind::Running => {
+                    if !is_alive(&d.node) {
+                        let lost = d.node.clone();
+                        self.db.update(&d.id, |d| {
+                            if d.transition(
+                                DeploymentStatus::DelegatingDeployment,
+                                Timestamp::now(),
+                            )
+                            .is_ok()
+                            {
+                                d.node = None;
+                                d.generation += 1;
+                                d.port = None;
+                                d.url = None;
+                                d.instance = None;
+                            }
+                        });
+                        if let Some(lost) = lost {
+                            self.db
+                                .note(&d.id, format!("node {lost} lost; placing it again"));
+                        }
+                        ctx.wake();
+                    }
+                }
+                StatusKind::DestructionRequested => {
+                    if let Some(node) = d.node.clone().filter(|_| is_alive(&d.node)) {
+                        let cancel = WorkRequestMessage::CancelDeployment {
+                            deployment: d.id.clone(),
+                            generation: d.generation,
+                        };
+                        if self.send(ctx, &node, cancel).await {
+                            let _ = self
+                                .db
+                                .transition(&d.id, DeploymentStatus::DelegatingDestruction);
+                        }
+                    } else {
+                        let _ = self.db.transition(&d.id, DeploymentStatus::Destroyed);
+                    }
+                }
+                StatusKind::DelegatingDestruction | StatusKind::DestructionInProgress => {
+                    if !is_alive(&d.node) {
+                        let _ = self.db.transition(&d.id, DeploymentStatus::Destroyed);
+                    }
+                }
+                StatusKind::Errored | StatusKind::Destroyed => {
+                    self.delegated.remove(&d.id);
+                }
+            }
+        }
+        self.reap_orphans(ctx, &deployments).await;
+        self.validations.retain(|_, h| !h.is_finished());
+    }
+
+    /// Tells nodes to stop instances nobody wants: destroyed or unknown deployments,
+    /// deployments now placed elsewhere, older generations of a running deployment.
+    async fn reap_orphans(&mut self, ctx: &NodeContext, deployments: &[Deployment]) {
+        let by_id: HashMap<&DeploymentId, &Deployment> =
+            deployments.iter().map(|d| (&d.id, d)).collect();
+        let reports: Vec<(NodeId, InstanceReport)> = observed(&self.observed)
+            .instances
+            .iter()
+            .flat_map(|(n, rs)| rs.iter().map(move |r| (n.clone(), r.clone())))
+            .collect();
+        let now = Instant::now();
+        for (node, r) in reports {
+            let unwanted = match by_id.get(&r.deployment) {
+                None => true,
+                Some(d) => {
+                    d.status.kind() == StatusKind::Destroyed
+                        || d.node.as_ref() != Some(&node)
+                        || (r.generation < d.generation && d.status.kind() == StatusKind::Running)
+                }
+            };
+            if !unwanted {
+                continue;
+            }
+            let key = (node.clone(), r.deployment.clone(), r.generation);
+            if self
+                .orphans_told
+                .get(&key)
+                .is_some_and(|t| now.duration_since(*t) < self.config.orphan_retry)
+            {
+                continue;
+            }
+            tracing::info!(node = %node, deployment = %r.deployment, generation = r.generation, "stopping an instance nobody wants");
+            let cancel = WorkRequestMessage::CancelDeployment {
+                deployment: r.deployment.clone(),
+                generation: r.generation,
+            };
+            if self.send(ctx, &node, cancel).await {
+                self.orphans_told.insert(key, now);
+            }
+        }
+        let retry = self.config.orphan_retry;
+        self.orphans_told
+            .retain(|_, t| now.duration_since(*t) < retry * 4);
+    }
+}
+
+/// The least-loaded live node: fewest active deployments, then most free RAM, then least
+/// CPU use, then id (so placement is deterministic).
+fn place(
+    load: &BTreeMap<NodeId, usize>,
+    resources: &HashMap<NodeId, (u64, f64)>,
+) -> Option<NodeId> {
+    load.iter()
+        .min_by(|(a, la), (b, lb)| {
+            let (ra, ca) = resources.get(*a).copied().unwrap_or((0, 0.0));
+            let (rb, cb) = resources.get(*b).copied().unwrap_or((0, 0.0));
+            la.cmp(lb)
+                .then(rb.cmp(&ra))
+                .then(ca.total_cmp(&cb))
+                .then(a.cmp(b))
+        })
+        .map(|(n, _)| n.clone())
+}
+
+/// Validation (and redeploy check) of one deployment, run as a task. Every write is
+/// guarded by the status and generation it expects, so a destroy requested meanwhile wins.
+struct Validation {
+    db: Arc<Database>,
+    source: Arc<dyn Fetcher>,
+    work_dir: PathBuf,
+    id: DeploymentId,
+    permits: Arc<Semaphore>,
+}
+
+impl Validation {
+    fn fail(&self, generation: u64, reason: String) {
+        tracing::info!(deployment = %self.id, reason = %reason, "deployment rejected");
+        self.db.note(&self.id, format!("error: {reason}"));
+        self.db.update(&self.id, |d| {
+            if d.generation == generation && !d.status.is_destroying() {
+                let _ = d.transition(DeploymentStatus::Errored(reason), Timestamp::now());
+            }
+        });
+    }
+
+    /// Moves from `from` to `to` if the deployment is still at `generation` and `from`.
+    fn step(
+        &self,
+        generation: u64,
+        from: StatusKind,
+        to: DeploymentStatus,
+        f: impl FnOnce(&mut Deployment),
+    ) -> bool {
+        self.db
+            .update(&self.id, |d| {
+                if d.generation != generation || d.status.kind() != from {
+                    return false;
+                }
+                f(d);
+                d.transition(to, Timestamp::now()).is_ok()
+            })
+            .unwrap_or(false)
+    }
+
+    async fn run(self) {
+        let Ok(_permit) = Arc::clone(&self.permits).acquire_owned().await else {
+            return;
+        };
+        let Some(d) = self.db.deployment(&self.id) else {
+            return;
+        };
+        let head = match self.source.head_commit(&d.source_url, &d.branch).await {
+            Ok(head) => head,
+            Err(e) => {
+                return self.fail(
+                    d.generation,
+                    format!("cannot read branch {}: {e}", d.branch),
+                );
+            }
+        };
+        let generation = match d.status.kind() {
+            StatusKind::UpdateRequested => {
+                let previous = d.history.iter().rev().nth(1).map(|c| c.status.kind());
+                if d.commit.as_deref() == Some(head.as_str())
+                    && previous == Some(StatusKind::Running)
+                {
+                    self.db.note(
+                        &self.id,
+                        format!(
+                            "branch {} is still at {head}: nothing to redeploy",
+                            d.branch
+                        ),
+                    );
+                    self.step(
+                        d.generation,
+                        StatusKind::UpdateRequested,
+                        DeploymentStatus::Running,
+                        |_| {},
+                    );
+                    return;
+                }
+                self.db.note(&self.id, format!("redeploying {head}"));
+                let next = d.generation + 1;
+                let moved = self.db.update(&self.id, |d| {
+                    if d.status.kind() != StatusKind::UpdateRequested {
+                        return false;
+                    }
+                    d.generation = next;
+                    d.transition(DeploymentStatus::ValidatingDeploymentData, Timestamp::now())
+                        .is_ok()
+                });
+                if moved != Some(true) {
+                    return;
+                }
+                next
+            }
+            StatusKind::ValidatingDeploymentData | StatusKind::RetrievingApplicationData => {
+                d.generation
+            }
+            _ => return,
+        };
+        if !self.step(
+            generation,
+            StatusKind::ValidatingDeploymentData,
+            DeploymentStatus::RetrievingApplicationData,
+            |d| {
+                d.commit = Some(head.clone());
+            },
+        ) {
+            // Already retrieving (a restart of the orchestrator mid-validation) or superseded.
+            let still = self.db.deployment(&self.id).is_some_and(|d| {
+                d.generation == generation
+                    && d.status.kind() == StatusKind::RetrievingApplicationData
+            });
+            if !still {
+                return;
+            }
+            self.db.update(&self.id, |d| d.commit = Some(head.clone()));
+        }
+        let dir = self.work_dir.join(format!(
+            "{}-{generation}-{}",
+            self.id,
+            uuid::Uuid::new_v4().simple()
+        ));
+        let manifest = match self
+            .source
+            .fetch(&d.source_url, &d.branch, Some(&head), &dir)
+            .await
+        {
+            Ok(checkout) => {
+                let root = checkout.dir.clone();
+                tokio::task::spawn_blocking(move || Manifest::from_dir(&root))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+            }
+            Err(e) => Err(format!("cannot fetch the source: {e}")),
+        };
+        let cleanup = dir.clone();
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(cleanup)).await;
+        match manifest {
+            Ok(manifest) => {
+                let name = manifest.app.name.clone();
+                if self.step(
+                    generation,
+                    StatusKind::RetrievingApplicationData,
+                    DeploymentStatus::DelegatingDeployment,
+                    |d| {
+                        d.manifest = Some(manifest);
+                    },
+                ) {
+                    self.db
+                        .note(&self.id, format!("validated {name} at {head}"));
+                }
+            }
+            Err(reason) => self.fail(generation, reason),
+        }
+    }
+}
+
+async fn settle<M>(received: Received<M>) {
+    if let Err(err) = received.ack().await {
+        tracing::debug!(cause = %err, "ack failed; the message will be delivered again and deduplicated");
+    }
+}
+
+/// Runs a consumer of one channel until shutdown.
+fn consume<M: Message, F>(
+    ctx: &NodeContext,
+    mut sub: crate::transport::TypedSubscription<M>,
+    mut handle: F,
+) where
+    F: FnMut(&Envelope<M>) + Send + 'static,
+{
+    let stop = ctx.shutdown();
+    ctx.spawn(async move {
+        loop {
+            let received = tokio::select! {
+                r = sub.next() => r,
+                () = stop.cancelled() => None,
+            };
+            let Some(received) = received else { return };
+            handle(&received.envelope);
+            settle(received).await;
+        }
+    });
+}
+
+#[async_trait]
+impl Executor for OrchestrationExecutor {
+    fn name(&self) -> &str {
+        "orchestrator"
+    }
+
+    async fn setup(&mut self, ctx: &NodeContext) -> Result<(), SetupFailure> {
+        if self.db.epoch() == 0 {
+            self.db.set_epoch(1);
+        }
+        ctx.set_platform(self.platform_info(ctx));
+        tracing::info!(node = %ctx.node, epoch = self.db.epoch(), "orchestrator starting");
+
+        let db = Arc::clone(&self.db);
+        consume(
+            ctx,
+            ctx.transport.listen(&wire::DEPLOYMENT).await?,
+            move |env| {
+                let outcome = db.apply_report(env.id, &env.body);
+                if matches!(outcome, ReportOutcome::Illegal) {
+                    tracing::debug!(deployment = %env.body.deployment, status = %env.body.status, "ignored an out-of-order report");
+                }
+            },
+        );
+        let db = Arc::clone(&self.db);
+        consume(ctx, ctx.transport.listen(&wire::LOG).await?, move |env| {
+            db.append_logs(env.id, &env.body);
+        });
+        let db = Arc::clone(&self.db);
+        let seen = Arc::clone(&self.observed);
+        consume(
+            ctx,
+            ctx.transport.listen(&wire::SYSINFO).await?,
+            move |env| {
+                let report = &env.body;
+                let mut o = observed(&seen);
+                if report.leaving {
+                    o.leaving.push(report.node.clone());
+                    o.last_heard.remove(&report.node);
+                    return;
+                }
+                o.last_heard.insert(report.node.clone(), Instant::now());
+                o.instances
+                    .insert(report.node.clone(), report.instances.clone());
+                drop(o);
+                if db.record_sysinfo(report) {
+                    tracing::info!(node = %report.node, address = %report.address, "node joined");
+                }
+            },
+        );
+
+        // Wake the reconciler on every change of the state.
+        let changed = self.db.changed();
+        let waker = ctx.waker();
+        let stop = ctx.shutdown();
+        ctx.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = changed.notified() => waker.notify_one(),
+                    () = stop.cancelled() => return,
+                }
+            }
+        });
+
+        // Announce who leads, now and then, so late joiners learn it.
+        let announce = PlatformMessage {
+            info: self.platform_info(ctx),
+        };
+        let (transport, node, every, stop) = (
+            Arc::clone(&ctx.transport),
+            ctx.node.clone(),
+            self.config.announce_interval,
+            ctx.shutdown(),
+        );
+        ctx.spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {
+                        let env = Envelope::new(node.clone(), announce.info.epoch, announce.clone());
+                        if let Err(err) = transport.send(&wire::PLATFORM, &env).await {
+                            tracing::debug!(cause = %err, "platform announcement failed");
+                        }
+                    }
+                    () = stop.cancelled() => return,
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn execute(&mut self, ctx: &NodeContext) -> Result<(), ExecutionFailure> {
+        self.reconcile(ctx).await;
+        Ok(())
+    }
+
+    async fn shutdown(&mut self, _ctx: &NodeContext) -> Result<(), ExecutionFailure> {
+        self.db
+            .flush()
+            .await
+            .map_err(|e| ExecutionFailure::Recoverable(e.to_string()))
+    }
+
+    fn tick(&self) -> Duration {
+        self.config.tick
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_prefers_fewest_deployments_then_free_ram() {
+        let (a, b, c) = (
+            NodeId::parse("a").ok(),
+            NodeId::parse("b").ok(),
+            NodeId::parse("c").ok(),
+        );
+        let (Some(a), Some(b), Some(c)) = (a, b, c) else {
+            panic!("ids")
+        };
+        let load: BTreeMap<NodeId, usize> = [(a.clone(), 2), (b.clone(), 1), (c.clone(), 1)].into();
+        let res: HashMap<NodeId, (u64, f64)> = [
+            (a.clone(), (9000, 0.0)),
+            (b.clone(), (1000, 0.0)),
+            (c.clone(), (2000, 50.0)),
+        ]
+        .into();
+        assert_eq!(place(&load, &res), Some(c.clone()));
+        let even: BTreeMap<NodeId, usize> = [(a.clone(), 0), (b.clone(), 0)].into();
+        assert_eq!(place(&even, &res), Some(a));
+        assert_eq!(place(&BTreeMap::new(), &res), None);
+    }
+}

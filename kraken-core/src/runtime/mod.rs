@@ -9,6 +9,10 @@
 //! - `docker`: builds an image and runs a container (feature `docker`).
 //! - `fake`: a scripted runtime for tests (feature `test-util`).
 
+#[cfg(feature = "test-util")]
+pub mod fake;
+pub mod process;
+
 use crate::manifest::Manifest;
 use crate::model::{DeploymentId, InstanceId, InstanceStats, LogLine, NodeId, Timestamp};
 use async_trait::async_trait;

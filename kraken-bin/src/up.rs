@@ -1,0 +1,180 @@
+//! `kraken up`: a whole platform in one process.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use kraken_core::agent::Agent;
+use kraken_core::executor::NodeConfig;
+use kraken_core::executor::orchestrator::{OrchestrationExecutor, OrchestratorConfig};
+use kraken_core::executor::worker::{WorkerConfig, WorkerExecutor};
+use kraken_core::model::{DeploymentId, NodeId, StatusKind};
+use kraken_core::runtime::Runtime;
+use kraken_core::runtime::process::ProcessRuntime;
+use kraken_core::state::{Database, StateConfig, StateEvent};
+use kraken_core::transport::memory::MemoryBroker;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Which runtime runs the apps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeChoice {
+    /// Docker when its daemon answers, else processes.
+    Auto,
+    /// Child processes running the manifest's `run` command.
+    Process,
+    /// Docker containers.
+    Docker,
+}
+
+/// Arguments of `kraken up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Where Kraken keeps its state (default: the user's data directory).
+    #[arg(long, env = "KRAKEN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address other machines reach this one on, used in app URLs.
+    #[arg(long, env = "KRAKEN_ADDRESS", default_value = "127.0.0.1")]
+    pub address: String,
+    /// Runtime for apps.
+    #[arg(long, value_enum, default_value_t = RuntimeChoice::Auto)]
+    pub runtime: RuntimeChoice,
+    /// Deploy this git repository right away.
+    #[arg(long, value_name = "GIT_URL")]
+    pub deploy: Option<String>,
+    /// Branch of `--deploy`.
+    #[arg(long, default_value = "main", requires = "deploy")]
+    pub branch: String,
+    /// Seconds without news from a node before its apps are placed elsewhere.
+    #[arg(long, default_value_t = 5)]
+    pub node_timeout: u64,
+}
+
+fn default_data_dir() -> Result<PathBuf> {
+    directories::ProjectDirs::from("", "", "kraken")
+        .map(|d| d.data_dir().to_path_buf())
+        .context("cannot find a data directory for this user; pass --data-dir")
+}
+
+/// The node id is kept in the data dir so that a restarted agent is the same node and
+/// re-attaches its apps.
+async fn node_id(data_dir: &Path) -> Result<NodeId> {
+    let path = data_dir.join("node-id");
+    match tokio::fs::read_to_string(&path).await {
+        Ok(text) => {
+            NodeId::parse(text.trim()).with_context(|| format!("{} is corrupt", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = NodeId::random();
+            tokio::fs::write(&path, id.as_str())
+                .await
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+async fn choose_runtime(choice: RuntimeChoice, data_dir: &Path) -> Result<Arc<dyn Runtime>> {
+    let process =
+        || -> Arc<dyn Runtime> { Arc::new(ProcessRuntime::new(data_dir.join("runtime"))) };
+    match choice {
+        RuntimeChoice::Process => Ok(process()),
+        RuntimeChoice::Docker => bail!("this build of kraken has no Docker runtime"),
+        RuntimeChoice::Auto => Ok(process()),
+    }
+}
+
+/// Runs the platform until Ctrl-C.
+pub async fn run(args: UpArgs) -> Result<()> {
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => default_data_dir()?,
+    };
+    tokio::fs::create_dir_all(&data_dir)
+        .await
+        .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+    let node = node_id(&data_dir).await?;
+    let runtime = choose_runtime(args.runtime, &data_dir).await?;
+    let db = Database::open(&data_dir.join("orchestrator"), StateConfig::default())
+        .await
+        .context("cannot open the orchestrator state")?;
+    let broker = MemoryBroker::default();
+    let config = NodeConfig {
+        data_dir: Some(data_dir.clone()),
+        address: args.address.clone(),
+    };
+    let orchestrator = OrchestrationExecutor::new(
+        Arc::clone(&db),
+        OrchestratorConfig {
+            node_timeout: std::time::Duration::from_secs(args.node_timeout.max(1)),
+            ..OrchestratorConfig::default()
+        },
+    );
+    let agent = Agent::builder(node.clone())
+        .transport(Arc::new(broker.transport()))
+        .runtime(Arc::clone(&runtime))
+        .config(config)
+        .executor(orchestrator)
+        .executor(WorkerExecutor::new(WorkerConfig::default()))
+        .build()?;
+
+    println!("kraken: node {node}");
+    println!("kraken: data dir {}", data_dir.display());
+    println!("kraken: runtime {} (transport: in-memory)", runtime.name());
+    println!("kraken: {} deployment(s) known", db.deployments().len());
+
+    let handle = agent.spawn();
+    if let Some(url) = &args.deploy {
+        let deployment = db
+            .create_deployment(url, &args.branch)
+            .context("cannot deploy")?;
+        println!(
+            "kraken: deploying {url} ({}) as {}",
+            args.branch, deployment.id
+        );
+        tokio::spawn(follow(Arc::clone(&db), deployment.id));
+    }
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C")?,
+        () = async { while !handle.is_finished() { tokio::time::sleep(std::time::Duration::from_millis(200)).await } } => {}
+    }
+    println!("kraken: stopping (apps keep running; `kraken up` again re-attaches them)");
+    handle.shutdown().await?;
+    Ok(())
+}
+
+/// Prints a deployment's progress and log until it runs or fails.
+async fn follow(db: Arc<Database>, id: DeploymentId) {
+    let mut events = db.subscribe();
+    loop {
+        match events.recv().await {
+            Ok(StateEvent::Deployment {
+                id: ref changed,
+                ref status,
+                ..
+            }) if *changed == id => {
+                println!("kraken: {id}: {status}");
+                match status.kind() {
+                    StatusKind::Running => {
+                        if let Some(url) = db.deployment(&id).and_then(|d| d.url) {
+                            println!("kraken: {id} is running at {url}");
+                        }
+                        return;
+                    }
+                    StatusKind::Errored | StatusKind::Destroyed => return,
+                    _ => {}
+                }
+            }
+            Ok(StateEvent::Log {
+                id: ref changed,
+                ref lines,
+            }) if *changed == id => {
+                for line in lines {
+                    println!("  [{}] {}", line.stream, line.text);
+                }
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
