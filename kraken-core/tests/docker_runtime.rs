@@ -589,31 +589,66 @@ async fn an_exit_code_is_reported() {
         "exits",
         Lang::Static,
         free_port(),
-        Some("echo leaving; exit 3"),
+        Some("echo leaving soon; sleep 1; echo leaving; exit 3"),
     );
     let (artifact, _) = fx.build("exits", &manifest, dir.path()).await;
     let info = fx.start(&artifact, &manifest).await;
     let state = wait_state(&fx.runtime, &info.id, |s| *s != InstanceState::Running).await;
     assert_eq!(state, InstanceState::Exited { code: Some(3) });
     // Its output is still there after the end, and the follow ends by itself.
-    let lines: Vec<LogLine> = timeout(
-        Duration::from_secs(10),
-        fx.runtime.logs(&info.id).await.unwrap().collect(),
-    )
-    .await
-    .expect("the follow of an exited container ends");
+    let follow = fx.runtime.logs(&info.id).await.unwrap();
+    let lines: Vec<LogLine> = timeout(Duration::from_secs(10), follow.collect())
+        .await
+        .expect("the follow of an exited container ends");
     assert!(
         lines
             .iter()
             .any(|l| l.text == "leaving" && l.stream == LogStream::Stdout),
         "{lines:?}"
     );
-    assert_eq!(
-        fx.runtime.list().await.unwrap().len(),
-        1,
-        "an exited instance is still listed"
+    assert!(
+        fx.runtime.list().await.unwrap().is_empty(),
+        "an ended instance is not listed"
     );
+    // Still there for its watcher, until stopped.
+    assert_eq!(
+        fx.runtime.status(&info.id).await.unwrap(),
+        InstanceState::Exited { code: Some(3) }
+    );
+
+    // After a restart of the worker nobody watches it: the new runtime's list removes it.
+    let restarted = fx.reconnect();
+    assert!(restarted.list().await.unwrap().is_empty());
+    assert!(!docker_ok(&["container", "inspect", info.id.as_str()]).await);
     fx.runtime.stop(&info.id, STOP).await.unwrap();
+    fx.runtime.remove_artifact(&artifact).await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs docker"]
+async fn an_app_that_dies_at_once_fails_its_start() {
+    let fx = Fixture::new(&[BUSYBOX]).await;
+    let dir = source(&[("index.html", "x")]);
+    let manifest = manifest(
+        "dies",
+        Lang::Static,
+        free_port(),
+        Some("echo 'fatal: no config file' >&2; exit 2"),
+    );
+    let (artifact, _) = fx.build("dies", &manifest, dir.path()).await;
+    match fx.runtime.start(&fx.spec(&artifact, &manifest)).await {
+        Err(RuntimeError::StartFailed { reason }) => {
+            assert!(reason.contains("code 2"), "{reason}");
+            assert!(reason.contains("fatal: no config file"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(fx.runtime.list().await.unwrap().is_empty());
+    let name = format!("kraken-{}-1", artifact.deployment);
+    assert!(
+        !docker_ok(&["container", "inspect", &name]).await,
+        "nothing left behind"
+    );
     fx.runtime.remove_artifact(&artifact).await.unwrap();
 }
 
@@ -622,19 +657,30 @@ async fn an_exit_code_is_reported() {
 async fn an_oom_kill_is_reported() {
     let fx = Fixture::new(&[BUSYBOX]).await;
     let dir = source(&[("index.html", "x")]);
-    let mut manifest = manifest(
-        "hog",
-        Lang::Static,
-        free_port(),
-        Some("x=a; while true; do x=$x$x; done"),
-    );
+    // Doubles a string until the 8 MB limit is hit; after a second, so that the start
+    // itself succeeds.
+    let hog = "sleep 1; x=a; while true; do x=$x$x; done";
+    let mut manifest = manifest("hog", Lang::Static, free_port(), Some(hog));
     manifest.resources.memory_mb = Some(8);
     let (artifact, _) = fx.build("hog", &manifest, dir.path()).await;
     let info = fx.start(&artifact, &manifest).await;
     let state = wait_state(&fx.runtime, &info.id, |s| *s != InstanceState::Running).await;
     assert_eq!(state, InstanceState::OomKilled);
     fx.runtime.stop(&info.id, STOP).await.unwrap();
+
+    // At once: a failed start that says why.
+    let mut at_once = manifest.clone();
+    at_once.config.port = free_port();
+    at_once.config.run = Some("x=a; while true; do x=$x$x; done".into());
+    let (artifact2, _) = fx.build("hog-now", &at_once, dir.path()).await;
+    match fx.runtime.start(&fx.spec(&artifact2, &at_once)).await {
+        Err(RuntimeError::StartFailed { reason }) => {
+            assert!(reason.contains("too much memory"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
     fx.runtime.remove_artifact(&artifact).await.unwrap();
+    fx.runtime.remove_artifact(&artifact2).await.unwrap();
 }
 
 #[tokio::test]

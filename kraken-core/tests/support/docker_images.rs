@@ -68,6 +68,39 @@ pub async fn ensure(image: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// [`ensure`] for code that cannot await (a test fixture built synchronously). Blocks.
+pub fn ensure_blocking(image: &str) -> Result<(), String> {
+    let exists = |image: &str| {
+        std::process::Command::new("docker")
+            .args(["image", "inspect", image])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if exists(image) {
+        return Ok(());
+    }
+    let which = image
+        .strip_prefix("kraken-test/")
+        .and_then(|rest| rest.split(':').next())
+        .ok_or_else(|| format!("no recipe for test image {image}"))?;
+    let out = std::process::Command::new("bash")
+        .arg(script())
+        .arg(which)
+        .output()
+        .map_err(|e| format!("running {}: {e}", script().display()))?;
+    if !out.status.success() || !exists(image) {
+        return Err(format!(
+            "making {image} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
 /// Makes sure every test image exists.
 pub async fn ensure_all() -> Result<(), String> {
     for image in [BUSYBOX, PYTHON, NODE] {

@@ -59,6 +59,10 @@ pub struct DockerConfig {
     /// Run the daemon's init (`docker-init`) as PID 1, so apps that do not handle SIGTERM
     /// themselves still stop promptly and zombies are reaped.
     pub init: bool,
+    /// How long `start` watches a new container: one that ends within it is a failed start
+    /// (a missing binary, a bad config) rather than a crash of a running app. The watch ends
+    /// early once the app accepts connections on its port.
+    pub start_grace: Duration,
 }
 
 impl Default for DockerConfig {
@@ -75,6 +79,7 @@ impl Default for DockerConfig {
             build_timeout: Duration::from_secs(30 * 60),
             host_ip: "0.0.0.0".to_owned(),
             init: true,
+            start_grace: Duration::from_millis(500),
         }
     }
 }
@@ -154,6 +159,13 @@ impl DockerConfig {
     #[must_use]
     pub fn init(mut self, init: bool) -> Self {
         self.init = init;
+        self
+    }
+
+    /// Sets how long `start` watches a new container for an early exit.
+    #[must_use]
+    pub fn start_grace(mut self, grace: Duration) -> Self {
+        self.start_grace = grace;
         self
     }
 

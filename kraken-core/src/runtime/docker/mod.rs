@@ -55,7 +55,7 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary,
-    HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerSummaryStateEnum, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     BuildImageOptions, BuildImageOptionsBuilder, CreateContainerOptionsBuilder,
@@ -65,9 +65,10 @@ use bollard::query_parameters::{
 use context::{CUSTOM_DOCKERFILE, KRAKEN_DOCKERFILE};
 use convert::LineSplitter;
 use futures::{StreamExt, future, stream};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::OnceCell;
 use tracing::{debug, info, warn};
@@ -79,6 +80,13 @@ const API_TIMEOUT: Duration = Duration::from_secs(120);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Host ports tried before `start` gives up on port conflicts.
 const PORT_ATTEMPTS: usize = 4;
+/// Builds hold it shared, image removals exclusively. Removing an image also removes its
+/// untagged parent layers, and a build running at the same time may just have picked one of
+/// them from the cache (two apps whose Dockerfiles start alike): the build would then fail
+/// on a layer that vanished under it. Process-wide, since every runtime value of a process
+/// usually talks to the same daemon.
+static IMAGE_REMOVAL: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Log lines replayed from the past when following an instance's output.
 const LOG_TAIL: &str = "1000";
 
@@ -92,6 +100,10 @@ pub struct DockerRuntime {
     /// Set once the API version has been agreed with the daemon. The daemon may be older
     /// than the client (it refuses newer API versions), so the first call negotiates.
     negotiated: OnceCell<()>,
+    /// Containers this runtime value started or saw running: when one of them ends, its
+    /// caller is watching it, so it stays until stopped. A container that ended while no
+    /// runtime watched it (before a restart of the worker) is removed by `list`.
+    watched: Mutex<HashSet<String>>,
 }
 
 /// What a container id refers to, as far as this runtime may know.
@@ -136,6 +148,7 @@ impl DockerRuntime {
             config,
             host_ip,
             negotiated: OnceCell::new(),
+            watched: Mutex::new(HashSet::new()),
         })
     }
 
@@ -171,6 +184,97 @@ impl DockerRuntime {
             })
             .await
             .map(|_| ())
+    }
+
+    fn watched(&self) -> MutexGuard<'_, HashSet<String>> {
+        // The set stays consistent whatever panicked while holding it.
+        self.watched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Watches a just-started container for [`DockerConfig::start_grace`]: `Some(reason)`
+    /// when it ended within it (with its exit code and last output), `None` once it
+    /// accepts connections on its port or the grace period is over.
+    async fn early_exit(&self, id: &str, port: u16) -> Result<Option<String>, RuntimeError> {
+        let deadline = tokio::time::Instant::now() + self.config.start_grace;
+        let mut address: Option<IpAddr> = None;
+        loop {
+            let container = within(API_TIMEOUT, self.docker.inspect_container(id, None))
+                .await
+                .map_err(RuntimeError::from)?;
+            let state = container.state.unwrap_or_default();
+            if state.running != Some(true) {
+                let code = state
+                    .exit_code
+                    .map_or_else(|| "no code".to_owned(), |c| format!("code {c}"));
+                let oom = if state.oom_killed == Some(true) {
+                    " (killed for using too much memory)"
+                } else {
+                    ""
+                };
+                let output = self.last_output(id).await;
+                return Ok(Some(format!(
+                    "the container exited with {code}{oom} right after it started{output}"
+                )));
+            }
+            if address.is_none() {
+                address = container
+                    .network_settings
+                    .and_then(|n| n.networks)
+                    .into_iter()
+                    .flat_map(|n| n.into_values())
+                    .find_map(|e| e.ip_address.and_then(|ip| ip.parse().ok()));
+            }
+            // The container's own address, not the published port: Docker's proxy accepts
+            // connections on the host port before the app listens. Where the container's
+            // address is not reachable from here, the grace period decides.
+            if let Some(ip) = address {
+                let probe = tokio::net::TcpStream::connect((ip, port));
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), probe).await {
+                    return Ok(None);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The last lines a container wrote, as `: line; line` (empty when it wrote none).
+    async fn last_output(&self, id: &str) -> String {
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail("10")
+            .build();
+        let frames: Vec<_> = match tokio::time::timeout(
+            API_TIMEOUT,
+            self.docker.logs(id, Some(options)).collect::<Vec<_>>(),
+        )
+        .await
+        {
+            Ok(frames) => frames,
+            Err(_) => return String::new(),
+        };
+        let lines: Vec<String> = frames
+            .into_iter()
+            .filter_map(Result::ok)
+            .flat_map(|frame| {
+                String::from_utf8_lossy(&frame.into_bytes())
+                    .lines()
+                    .map(str::trim_end)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if lines.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", lines.join("; "))
+        }
     }
 
     /// Whether labels mark an object as this runtime's.
@@ -393,6 +497,7 @@ impl DockerRuntime {
             && info.generation == spec.artifact.generation
         {
             info!(instance = %info.id, deployment = %info.deployment, "instance already running");
+            self.watched().insert(id);
             return Ok(Some(info));
         }
         debug!(container = %id, "removing a container of the same name");
@@ -481,6 +586,8 @@ impl Runtime for DockerRuntime {
             lang = ?lang,
             "building image"
         );
+        // Held until the image is tagged: see IMAGE_REMOVAL.
+        let _building = IMAGE_REMOVAL.read().await;
         let (body, packer) = context::stream_context(request.source_dir.clone(), dockerfile);
         let built = tokio::time::timeout(
             self.config.build_timeout,
@@ -575,8 +682,15 @@ impl Runtime for DockerRuntime {
             for warning in &created.warnings {
                 warn!(deployment = %deployment, warning = %warning, "docker warning on create");
             }
+            self.watched().insert(created.id.clone());
             match within(API_TIMEOUT, self.docker.start_container(&created.id, None)).await {
                 Ok(()) => {
+                    if let Some(reason) = self.early_exit(&created.id, wanted).await? {
+                        self.remove_container(&created.id).await?;
+                        self.watched().remove(&created.id);
+                        warn!(deployment = %deployment, cause = %reason, "the app did not start");
+                        return Err(RuntimeError::StartFailed { reason });
+                    }
                     let id = InstanceId::parse(&created.id).map_err(|e| RuntimeError::Backend {
                         runtime: RUNTIME,
                         reason: e.to_string(),
@@ -600,6 +714,7 @@ impl Runtime for DockerRuntime {
                 }
                 Err(err) => {
                     self.remove_container(&created.id).await?;
+                    self.watched().remove(&created.id);
                     let text = err.to_string();
                     if is_port_conflict(&text) {
                         warn!(deployment = %deployment, host_port, cause = %text, "host port taken, trying another");
@@ -649,6 +764,7 @@ impl Runtime for DockerRuntime {
             Err(e) => return Err(e.into()),
         }
         self.remove_container(&id).await?;
+        self.watched().remove(&id);
         info!(instance = %instance, "container stopped and removed");
         Ok(())
     }
@@ -679,6 +795,10 @@ impl Runtime for DockerRuntime {
         Ok(InstanceState::Exited { code })
     }
 
+    /// The running containers of this runtime's node label. A container of the label that
+    /// ended while no runtime watched it (it ended before this runtime value saw it run) is
+    /// removed on the way, its exit code logged; one that ended while watched stays until
+    /// `stop`, for `status` to report.
     async fn list(&self) -> Result<Vec<InstanceInfo>, RuntimeError> {
         self.ready().await?;
         let filters = HashMap::from([(
@@ -695,17 +815,45 @@ impl Runtime for DockerRuntime {
         let containers = within(API_TIMEOUT, self.docker.list_containers(Some(options)))
             .await
             .map_err(RuntimeError::from)?;
-        Ok(containers
-            .into_iter()
-            .filter(|c| self.owns(c.labels.as_ref()))
-            .filter_map(|c| {
-                let info = info_from_summary(&c);
-                if info.is_none() {
-                    warn!(container = ?c.id, "skipping a Kraken container with unreadable labels");
+        let mut live = Vec::new();
+        for container in containers {
+            if !self.owns(container.labels.as_ref()) {
+                continue;
+            }
+            let Some(id) = container.id.clone() else {
+                continue;
+            };
+            let running = matches!(
+                container.state,
+                Some(
+                    ContainerSummaryStateEnum::RUNNING
+                        | ContainerSummaryStateEnum::RESTARTING
+                        | ContainerSummaryStateEnum::PAUSED
+                )
+            );
+            if !running {
+                if !self.watched().contains(&id) {
+                    info!(
+                        container = %id,
+                        state = ?container.state,
+                        status = ?container.status,
+                        "removing a container that ended while no worker watched it"
+                    );
+                    self.remove_container(&id).await?;
                 }
-                info
-            })
-            .collect())
+                continue;
+            }
+            match info_from_summary(&container) {
+                Some(info) => {
+                    self.watched().insert(id);
+                    live.push(info);
+                }
+                None => {
+                    warn!(container = %id, "skipping a Kraken container with unreadable labels")
+                }
+            }
+        }
+        Ok(live)
     }
 
     /// Follows stdout and stderr, starting with the last 1000 lines, each stamped with the
@@ -786,6 +934,7 @@ impl Runtime for DockerRuntime {
     /// else also tagged stays.
     async fn remove_artifact(&self, artifact: &Artifact) -> Result<(), RuntimeError> {
         self.ready().await?;
+        let _removing = IMAGE_REMOVAL.write().await;
         let image = match within(API_TIMEOUT, self.docker.inspect_image(&artifact.id)).await {
             Ok(image) => image,
             Err(Failure::Docker(e)) if status_code(&e) == Some(404) => return Ok(()),
