@@ -766,3 +766,36 @@ async fn an_image_in_use_is_not_removed() {
     fx.runtime.remove_artifact(&artifact).await.unwrap();
     assert!(!docker_ok(&["image", "inspect", &artifact.id]).await);
 }
+
+#[tokio::test]
+#[ignore = "needs docker"]
+async fn cpu_use_is_measured_between_samples_within_the_limit() {
+    let fx = Fixture::new(&[BUSYBOX]).await;
+    let dir = source(&[("index.html", "x")]);
+    // Half a CPU, fully used.
+    let manifest = manifest(
+        "burn",
+        Lang::Static,
+        free_port(),
+        Some("while :; do :; done"),
+    );
+    let (artifact, _) = fx.build("burn", &manifest, dir.path()).await;
+    let info = fx.start(&artifact, &manifest).await;
+    let first = fx.runtime.stats(&info.id).await.unwrap();
+    sleep(Duration::from_secs(1)).await;
+    let began = Instant::now();
+    let second = fx.runtime.stats(&info.id).await.unwrap();
+    assert!(
+        began.elapsed() < Duration::from_millis(800),
+        "a later sample does not wait for the daemon's second reading: {:?}",
+        began.elapsed()
+    );
+    for sample in [first, second] {
+        assert!(
+            (25.0..=75.0).contains(&sample.cpu_percent),
+            "about 50 % of one core: {sample:?}"
+        );
+    }
+    fx.runtime.stop(&info.id, STOP).await.unwrap();
+    fx.runtime.remove_artifact(&artifact).await.unwrap();
+}

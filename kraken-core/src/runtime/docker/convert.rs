@@ -2,7 +2,7 @@
 //! and log line parsing. No I/O here, so all of it is unit-tested.
 
 use crate::model::{DeploymentId, LogLine, LogStream, Timestamp};
-use bollard::models::{ContainerMemoryStats, ContainerStatsResponse};
+use bollard::models::{ContainerCpuStats, ContainerMemoryStats};
 
 /// Every object Kraken creates carries this label set to `true`.
 pub const LABEL_MANAGED: &str = "io.kraken.managed";
@@ -74,29 +74,28 @@ pub fn container_name(deployment: &DeploymentId, generation: u64) -> String {
     format!("kraken-{deployment}-{generation}")
 }
 
-/// CPU use in percent of one core, as `docker stats` computes it: the container's CPU time
-/// delta over the host's, times the number of CPUs. Zero when either delta is missing.
-pub fn cpu_percent(stats: &ContainerStatsResponse) -> f64 {
-    let (Some(cpu), Some(pre)) = (&stats.cpu_stats, &stats.precpu_stats) else {
-        return 0.0;
-    };
-    let total = |s: &bollard::models::ContainerCpuStats| {
+/// CPU use in percent of one core between two samples, as `docker stats` computes it: the
+/// container's CPU time delta over the host's, times the number of CPUs. Zero when either
+/// delta is missing (a first sample, a stopped container).
+pub fn cpu_percent(current: &ContainerCpuStats, previous: &ContainerCpuStats) -> f64 {
+    let total = |s: &ContainerCpuStats| {
         s.cpu_usage
             .as_ref()
             .and_then(|u| u.total_usage)
             .unwrap_or(0)
     };
-    let cpu_delta = total(cpu).saturating_sub(total(pre));
-    let system_delta = cpu
+    let cpu_delta = total(current).saturating_sub(total(previous));
+    let system_delta = current
         .system_cpu_usage
         .unwrap_or(0)
-        .saturating_sub(pre.system_cpu_usage.unwrap_or(0));
-    let cpus = cpu
+        .saturating_sub(previous.system_cpu_usage.unwrap_or(0));
+    let cpus = current
         .online_cpus
         .filter(|n| *n > 0)
         .map(u64::from)
         .or_else(|| {
-            cpu.cpu_usage
+            current
+                .cpu_usage
                 .as_ref()
                 .and_then(|u| u.percpu_usage.as_ref())
                 .map(|p| p.len() as u64)
@@ -254,7 +253,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use bollard::models::{ContainerCpuStats, ContainerCpuUsage};
+    use bollard::models::ContainerCpuUsage;
     use std::collections::HashMap;
 
     #[test]
@@ -288,25 +287,12 @@ mod tests {
 
     #[test]
     fn cpu_percent_matches_docker_stats() {
-        let stats = ContainerStatsResponse {
-            cpu_stats: Some(cpu(1_500, 20_000, Some(2), 0)),
-            precpu_stats: Some(cpu(500, 10_000, Some(2), 0)),
-            ..Default::default()
-        };
         // 1000 of 10000 host ticks on 2 CPUs: 20 % of one core.
-        assert!((cpu_percent(&stats) - 20.0).abs() < 1e-9);
-        let percpu = ContainerStatsResponse {
-            cpu_stats: Some(cpu(1_500, 20_000, None, 4)),
-            precpu_stats: Some(cpu(500, 10_000, None, 4)),
-            ..Default::default()
-        };
-        assert!((cpu_percent(&percpu) - 40.0).abs() < 1e-9);
-        let first_sample = ContainerStatsResponse {
-            cpu_stats: Some(cpu(1_500, 20_000, Some(2), 0)),
-            precpu_stats: None,
-            ..Default::default()
-        };
-        assert_eq!(cpu_percent(&first_sample), 0.0);
+        let now = cpu(1_500, 20_000, Some(2), 0);
+        assert!((cpu_percent(&now, &cpu(500, 10_000, Some(2), 0)) - 20.0).abs() < 1e-9);
+        let percpu = cpu_percent(&cpu(1_500, 20_000, None, 4), &cpu(500, 10_000, None, 4));
+        assert!((percpu - 40.0).abs() < 1e-9);
+        assert_eq!(cpu_percent(&now, &now), 0.0);
     }
 
     #[test]

@@ -54,8 +54,9 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary,
-    ContainerSummaryStateEnum, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCpuStats, ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
+    ContainerSummary, ContainerSummaryStateEnum, HostConfig, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     BuildImageOptions, BuildImageOptionsBuilder, CreateContainerOptionsBuilder,
@@ -104,6 +105,9 @@ pub struct DockerRuntime {
     /// caller is watching it, so it stays until stopped. A container that ended while no
     /// runtime watched it (before a restart of the worker) is removed by `list`.
     watched: Mutex<HashSet<String>>,
+    /// The last CPU counters read per container: the next `stats` computes CPU use over the
+    /// time since, from a one-shot read that does not wait.
+    cpu_samples: Mutex<HashMap<String, ContainerCpuStats>>,
 }
 
 /// What a container id refers to, as far as this runtime may know.
@@ -149,6 +153,7 @@ impl DockerRuntime {
             host_ip,
             negotiated: OnceCell::new(),
             watched: Mutex::new(HashSet::new()),
+            cpu_samples: Mutex::new(HashMap::new()),
         })
     }
 
@@ -184,6 +189,12 @@ impl DockerRuntime {
             })
             .await
             .map(|_| ())
+    }
+
+    fn cpu_samples(&self) -> MutexGuard<'_, HashMap<String, ContainerCpuStats>> {
+        self.cpu_samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn watched(&self) -> MutexGuard<'_, HashSet<String>> {
@@ -765,6 +776,7 @@ impl Runtime for DockerRuntime {
         }
         self.remove_container(&id).await?;
         self.watched().remove(&id);
+        self.cpu_samples().remove(&id);
         info!(instance = %instance, "container stopped and removed");
         Ok(())
     }
@@ -894,12 +906,18 @@ impl Runtime for DockerRuntime {
         Ok(Box::pin(lines))
     }
 
-    /// One sample: CPU % over the last second (as `docker stats` computes it) and memory
-    /// in use without reclaimable cache; the limit when one is set.
+    /// One sample: memory in use without reclaimable cache, the limit when one is set, and
+    /// CPU % as `docker stats` computes it, over the time since the previous sample of this
+    /// instance (a one-shot read that does not wait). The first sample of an instance lets
+    /// the daemon take two readings a second apart instead.
     async fn stats(&self, instance: &InstanceId) -> Result<InstanceStats, RuntimeError> {
         let container = self.owned(instance).await?;
         let id = container.id.clone().unwrap_or_else(|| instance.to_string());
-        let options = StatsOptionsBuilder::new().stream(false).build();
+        let previous = self.cpu_samples().get(&id).cloned();
+        let options = StatsOptionsBuilder::new()
+            .stream(false)
+            .one_shot(previous.is_some())
+            .build();
         let sample = within(API_TIMEOUT, async {
             match self.docker.stats(&id, Some(options)).next().await {
                 Some(result) => result,
@@ -910,6 +928,12 @@ impl Runtime for DockerRuntime {
         })
         .await
         .map_err(RuntimeError::from)?;
+        let current = sample.cpu_stats.clone().unwrap_or_default();
+        let cpu_percent = match previous.as_ref().or(sample.precpu_stats.as_ref()) {
+            Some(before) => convert::cpu_percent(&current, before),
+            None => 0.0,
+        };
+        self.cpu_samples().insert(id, current);
         let limit = container
             .host_config
             .as_ref()
@@ -917,7 +941,7 @@ impl Runtime for DockerRuntime {
             .filter(|m| *m > 0)
             .and_then(|m| u64::try_from(m).ok());
         Ok(InstanceStats {
-            cpu_percent: convert::cpu_percent(&sample),
+            cpu_percent,
             mem_bytes: sample
                 .memory_stats
                 .as_ref()
