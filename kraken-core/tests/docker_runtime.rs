@@ -799,3 +799,28 @@ async fn cpu_use_is_measured_between_samples_within_the_limit() {
     fx.runtime.stop(&info.id, STOP).await.unwrap();
     fx.runtime.remove_artifact(&artifact).await.unwrap();
 }
+
+#[tokio::test]
+#[ignore = "needs docker"]
+async fn a_custom_images_command_is_replaced_by_the_manifests_run() {
+    let fx = Fixture::new(&[BUSYBOX]).await;
+    let dockerfile =
+        format!("FROM {BUSYBOX}\nCOPY www /www\nENTRYPOINT [\"false\"]\nCMD [\"exit 9\"]\n");
+    let dir = source(&[("Dockerfile", &dockerfile), ("www/index.html", "run wins")]);
+    let manifest = manifest(
+        "custom-run",
+        Lang::Custom,
+        free_port(),
+        Some("echo run from the manifest; exec httpd -f -p $PORT -h /www"),
+    );
+    let (artifact, _) = fx.build("custom-run", &manifest, dir.path()).await;
+    let info = fx.start(&artifact, &manifest).await;
+    assert!(
+        wait_http_200(info.port.unwrap(), "/")
+            .await
+            .contains("run wins")
+    );
+    wait_log(&fx.runtime, &info.id, "run from the manifest").await;
+    fx.runtime.stop(&info.id, STOP).await.unwrap();
+    fx.runtime.remove_artifact(&artifact).await.unwrap();
+}

@@ -467,8 +467,19 @@ impl DockerRuntime {
             init: Some(self.config.init),
             ..Default::default()
         };
+        // The built-in Dockerfiles bake `run` into the image; a custom one has its own
+        // command, which the manifest's `run` replaces when given.
+        let (entrypoint, cmd) = match (&manifest.config.lang, &manifest.config.run) {
+            (Lang::Custom, Some(run)) => (
+                Some(vec!["/bin/sh".to_owned(), "-c".to_owned()]),
+                Some(vec![run.clone()]),
+            ),
+            _ => (None, None),
+        };
         ContainerCreateBody {
             image: Some(spec.artifact.id.clone()),
+            entrypoint,
+            cmd,
             env: Some(env),
             labels: Some(labels),
             exposed_ports: Some(vec![port_key]),
