@@ -1,6 +1,6 @@
 //! `kraken up`: a whole platform in one process.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use kraken_core::agent::Agent;
 use kraken_core::executor::NodeConfig;
@@ -46,6 +46,23 @@ pub struct UpArgs {
     /// Seconds without news from a node before its apps are placed elsewhere.
     #[arg(long, default_value_t = 5)]
     pub node_timeout: u64,
+    /// Base image of Node apps (Docker runtime).
+    #[arg(long, env = "KRAKEN_NODE_IMAGE", default_value = "node:20-alpine")]
+    pub node_image: String,
+    /// Base image of Python apps (Docker runtime).
+    #[arg(long, env = "KRAKEN_PYTHON_IMAGE", default_value = "python:3.12-slim")]
+    pub python_image: String,
+    /// Base image of static sites, with busybox `httpd` (Docker runtime).
+    #[arg(long, env = "KRAKEN_STATIC_IMAGE", default_value = "busybox:stable")]
+    pub static_image: String,
+}
+
+/// What the Docker runtime builds from.
+#[cfg_attr(not(feature = "docker"), allow(dead_code))]
+struct BaseImages {
+    node: String,
+    python: String,
+    static_site: String,
 }
 
 fn default_data_dir() -> Result<PathBuf> {
@@ -73,14 +90,50 @@ async fn node_id(data_dir: &Path) -> Result<NodeId> {
     }
 }
 
-async fn choose_runtime(choice: RuntimeChoice, data_dir: &Path) -> Result<Arc<dyn Runtime>> {
+/// The runtime for `choice`, saying on stdout why it was chosen. Docker is scoped to this
+/// node's id, so containers of other agents on the same daemon are never touched.
+async fn choose_runtime(
+    choice: RuntimeChoice,
+    data_dir: &Path,
+    node: &NodeId,
+    images: &BaseImages,
+) -> Result<Arc<dyn Runtime>> {
     let process =
         || -> Arc<dyn Runtime> { Arc::new(ProcessRuntime::new(data_dir.join("runtime"))) };
     match choice {
         RuntimeChoice::Process => Ok(process()),
-        RuntimeChoice::Docker => bail!("this build of kraken has no Docker runtime"),
-        RuntimeChoice::Auto => Ok(process()),
+        RuntimeChoice::Docker => docker_runtime(node, images)
+            .await
+            .context("--runtime docker: the Docker daemon is not usable"),
+        RuntimeChoice::Auto => match docker_runtime(node, images).await {
+            Ok(docker) => {
+                println!("kraken: the Docker daemon answers: apps run in containers");
+                Ok(docker)
+            }
+            Err(err) => {
+                println!("kraken: no Docker ({err:#}): apps run as processes");
+                Ok(process())
+            }
+        },
     }
+}
+
+#[cfg(feature = "docker")]
+async fn docker_runtime(node: &NodeId, images: &BaseImages) -> Result<Arc<dyn Runtime>> {
+    use kraken_core::runtime::docker::{DockerConfig, DockerRuntime};
+    let config = DockerConfig::default()
+        .node_label(node.as_str())
+        .node_image(&images.node)
+        .python_image(&images.python)
+        .static_image(&images.static_site);
+    let docker = DockerRuntime::connect(config)?;
+    docker.ping().await?;
+    Ok(Arc::new(docker))
+}
+
+#[cfg(not(feature = "docker"))]
+async fn docker_runtime(_node: &NodeId, _images: &BaseImages) -> Result<Arc<dyn Runtime>> {
+    anyhow::bail!("this build of kraken has no Docker runtime (feature `docker`)")
 }
 
 /// Runs the platform until Ctrl-C.
@@ -93,7 +146,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
     let node = node_id(&data_dir).await?;
-    let runtime = choose_runtime(args.runtime, &data_dir).await?;
+    let images = BaseImages {
+        node: args.node_image.clone(),
+        python: args.python_image.clone(),
+        static_site: args.static_image.clone(),
+    };
+    let runtime = choose_runtime(args.runtime, &data_dir, &node, &images).await?;
     let db = Database::open(&data_dir.join("orchestrator"), StateConfig::default())
         .await
         .context("cannot open the orchestrator state")?;
