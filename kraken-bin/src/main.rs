@@ -2,6 +2,8 @@
 //!
 //! Thin by design: parse arguments, set up logging, call the library.
 
+mod agent;
+mod node;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +26,13 @@ enum Command {
     ///   kraken up --runtime process --data-dir /var/lib/kraken
     #[command(verbatim_doc_comment)]
     Up(up::UpArgs),
+    /// Join a platform as a worker.
+    ///
+    /// Examples:
+    ///   kraken agent --amqp amqp://kraken:secret@192.168.1.10:5672/%2f
+    ///   kraken agent --amqp amqp://127.0.0.1:5672/%2f --data-dir /tmp/worker-2
+    #[command(verbatim_doc_comment)]
+    Agent(agent::AgentArgs),
 }
 
 fn init_logging() {
@@ -51,6 +60,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Up(args) => up::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
         }
     });
     match result {
