@@ -3,8 +3,8 @@
 //! Run it with `cargo run -p kraken-examples --example in_memory_cluster` (needs `git` and
 //! `python3`). It makes a git repository holding a tiny Python web app, starts four nodes on
 //! one in-memory broker — an orchestrator and three workers, each worker with its own
-//! process runtime — deploys the app three times, prints where each copy runs and what it
-//! answers, then destroys them.
+//! process runtime — deploys three copies of the app (on ports 8081-8083: the workers share
+//! this one machine), prints where each copy runs and what it answers, then destroys them.
 
 use anyhow::{Context, Result, bail};
 use kraken_core::agent::Agent;
@@ -12,8 +12,8 @@ use kraken_core::executor::NodeConfig;
 use kraken_core::executor::orchestrator::{OrchestrationExecutor, OrchestratorConfig};
 use kraken_core::executor::worker::{WorkerConfig, WorkerExecutor};
 use kraken_core::model::{NodeId, StatusKind};
-use kraken_core::runtime::process::ProcessRuntime;
 use kraken_core::runtime::fake::FakeRuntime;
+use kraken_core::runtime::process::ProcessRuntime;
 use kraken_core::state::{Database, StateConfig};
 use kraken_core::transport::memory::MemoryBroker;
 use std::io::{Read, Write};
@@ -24,7 +24,12 @@ use std::time::Duration;
 
 fn git(dir: &Path, args: &[&str]) -> Result<()> {
     let status = Command::new("git")
-        .args(["-c", "user.name=Kraken Example", "-c", "user.email=example@kraken.invalid"])
+        .args([
+            "-c",
+            "user.name=Kraken Example",
+            "-c",
+            "user.email=example@kraken.invalid",
+        ])
         .args(args)
         .current_dir(dir)
         .status()
@@ -36,10 +41,13 @@ fn git(dir: &Path, args: &[&str]) -> Result<()> {
 }
 
 /// A repository with a Python app that says which port it serves.
-fn sample_app(dir: &Path) -> Result<String> {
+fn sample_app(dir: &Path, port: u16) -> Result<String> {
+    std::fs::create_dir_all(dir)?;
     std::fs::write(
         dir.join("shipwreck.toml"),
-        "[app]\nname = \"hello\"\nversion = \"1.0.0\"\n\n[config]\nport = 8080\nlang = \"python\"\nrun = \"python3 app.py\"\n",
+        format!(
+            "[app]\nname = \"hello\"\nversion = \"1.0.0\"\n\n[config]\nport = {port}\nlang = \"python\"\nrun = \"python3 app.py\"\n"
+        ),
     )?;
     std::fs::write(
         dir.join("app.py"),
@@ -58,7 +66,9 @@ fn sample_app(dir: &Path) -> Result<String> {
 
 fn get(url: &str) -> Result<String> {
     let rest = url.strip_prefix("http://").context("http URL")?;
-    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
     let mut stream = std::net::TcpStream::connect(host)?;
     write!(stream, "GET {path} HTTP/1.0\r\n\r\n")?;
     let mut response = String::new();
@@ -70,9 +80,9 @@ fn get(url: &str) -> Result<String> {
 async fn main() -> Result<()> {
     tracing_subscriber::fmt().with_env_filter("warn").init();
     let work = tempfile::tempdir()?;
-    let repo = work.path().join("repo");
-    std::fs::create_dir_all(&repo)?;
-    let url = sample_app(&repo)?;
+    let urls: Vec<String> = (0..3)
+        .map(|i| sample_app(&work.path().join(format!("repo-{i}")), 8081 + i))
+        .collect::<Result<_>>()?;
 
     let broker = MemoryBroker::default();
     let db = Database::in_memory(StateConfig::default());
@@ -80,7 +90,10 @@ async fn main() -> Result<()> {
         .transport(Arc::new(broker.transport()))
         // The orchestrator node runs no apps itself here.
         .runtime(Arc::new(FakeRuntime::new()))
-        .executor(OrchestrationExecutor::new(Arc::clone(&db), OrchestratorConfig::default()))
+        .executor(OrchestrationExecutor::new(
+            Arc::clone(&db),
+            OrchestratorConfig::default(),
+        ))
         .build()?
         .spawn();
     let mut workers = Vec::new();
@@ -89,7 +102,10 @@ async fn main() -> Result<()> {
         let agent = Agent::builder(NodeId::parse(&format!("worker-{i}"))?)
             .transport(Arc::new(broker.transport()))
             .runtime(Arc::new(ProcessRuntime::new(data.join("runtime"))))
-            .config(NodeConfig { data_dir: Some(data), address: "127.0.0.1".into() })
+            .config(NodeConfig {
+                data_dir: Some(data),
+                address: "127.0.0.1".into(),
+            })
             .executor(WorkerExecutor::new(WorkerConfig::default()))
             .build()?
             .spawn();
@@ -100,7 +116,10 @@ async fn main() -> Result<()> {
     }
     println!("3 workers joined");
 
-    let ids: Vec<_> = (0..3).map(|_| db.create_deployment(&url, "main").map(|d| d.id)).collect::<Result<_, _>>()?;
+    let ids: Vec<_> = urls
+        .iter()
+        .map(|url| db.create_deployment(url, "main").map(|d| d.id))
+        .collect::<Result<_, _>>()?;
     for id in &ids {
         loop {
             let d = db.deployment(id).context("deployment exists")?;
@@ -118,6 +137,9 @@ async fn main() -> Result<()> {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     println!("{id} runs on {node} at {url}: {answer}");
+                    if !answer.contains(&format!("port {}", d.port.unwrap_or_default())) {
+                        bail!("{id} did not answer on its own port");
+                    }
                     break;
                 }
                 StatusKind::Errored => bail!("{id} failed: {}", d.status),
@@ -128,7 +150,10 @@ async fn main() -> Result<()> {
     for id in &ids {
         db.request_destroy(id)?;
     }
-    while !ids.iter().all(|id| db.deployment(id).is_some_and(|d| d.status.kind() == StatusKind::Destroyed)) {
+    while !ids.iter().all(|id| {
+        db.deployment(id)
+            .is_some_and(|d| d.status.kind() == StatusKind::Destroyed)
+    }) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!("all destroyed");

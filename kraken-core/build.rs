@@ -16,9 +16,18 @@ fn main() {
     files.sort();
     let mut table = String::from("&[\n");
     for file in &files {
-        let Ok(relative) = file.strip_prefix(&root) else { continue };
-        let url: Vec<String> = relative.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
-        table.push_str(&format!("    ({:?}, include_bytes!({:?})),\n", format!("/{}", url.join("/")), file.display().to_string()));
+        let Ok(relative) = file.strip_prefix(&root) else {
+            continue;
+        };
+        let url: Vec<String> = relative
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        table.push_str(&format!(
+            "    ({:?}, include_bytes!({:?})),\n",
+            format!("/{}", url.join("/")),
+            file.display().to_string()
+        ));
     }
     table.push(']');
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default()).join("ui_assets.rs");
@@ -28,7 +37,9 @@ fn main() {
 }
 
 fn collect(dir: &Path, files: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name();

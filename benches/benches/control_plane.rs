@@ -33,8 +33,17 @@ impl Fetcher for StaticSource {
     async fn head_commit(&self, _url: &str, _branch: &str) -> Result<String, SourceError> {
         Ok(COMMIT.to_owned())
     }
-    async fn fetch(&self, _url: &str, _branch: &str, _commit: Option<&str>, dest: &Path) -> Result<Checkout, SourceError> {
-        let io = |source| SourceError::Io { path: dest.to_path_buf(), source };
+    async fn fetch(
+        &self,
+        _url: &str,
+        _branch: &str,
+        _commit: Option<&str>,
+        dest: &Path,
+    ) -> Result<Checkout, SourceError> {
+        let io = |source| SourceError::Io {
+            path: dest.to_path_buf(),
+            source,
+        };
         tokio::fs::create_dir_all(dest).await.map_err(io)?;
         tokio::fs::write(
             dest.join("shipwreck.toml"),
@@ -42,7 +51,10 @@ impl Fetcher for StaticSource {
         )
         .await
         .map_err(io)?;
-        Ok(Checkout { dir: dest.to_path_buf(), commit: COMMIT.to_owned() })
+        Ok(Checkout {
+            dir: dest.to_path_buf(),
+            commit: COMMIT.to_owned(),
+        })
     }
 }
 
@@ -72,7 +84,12 @@ async fn platform() -> Platform {
             .expect("orchestrator")
             .spawn(),
     ];
-    let probe = Arc::new(StaticProbe(NodeStats { ram_total_mb: 4096, ram_free_mb: 2048, cpus: 4, ..NodeStats::default() }));
+    let probe = Arc::new(StaticProbe(NodeStats {
+        ram_total_mb: 4096,
+        ram_free_mb: 2048,
+        cpus: 4,
+        ..NodeStats::default()
+    }));
     for _ in 0..WORKERS {
         agents.push(
             Agent::builder(NodeId::random())
@@ -104,25 +121,33 @@ async fn batch(db: &Arc<Database>, n: usize) -> (Duration, Vec<Duration>) {
     let start = Instant::now();
     let mut requested: HashMap<DeploymentId, Instant> = HashMap::new();
     for _ in 0..n {
-        let d = db.create_deployment("https://git.example/app.git", "main").expect("create");
+        let d = db
+            .create_deployment("https://git.example/app.git", "main")
+            .expect("create");
         requested.insert(d.id, Instant::now());
     }
     let mut latencies = Vec::with_capacity(n);
     while latencies.len() < n {
         match events.recv().await {
-            Ok(StateEvent::Deployment { id, status, .. }) if status.kind() == StatusKind::Running => {
+            Ok(StateEvent::Deployment { id, status, .. })
+                if status.kind() == StatusKind::Running =>
+            {
                 if let Some(at) = requested.remove(&id) {
                     latencies.push(at.elapsed());
                 }
             }
-            Ok(StateEvent::Deployment { id, status, .. }) if status.kind() == StatusKind::Errored => {
+            Ok(StateEvent::Deployment { id, status, .. })
+                if status.kind() == StatusKind::Errored =>
+            {
                 panic!("{id} failed: {status}");
             }
             Ok(_) => {}
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                 // Fall back to reading the state for what was missed.
                 for (id, _) in requested.clone() {
-                    if db.deployment(&id).is_some_and(|d| d.status.kind() == StatusKind::Running)
+                    if db
+                        .deployment(&id)
+                        .is_some_and(|d| d.status.kind() == StatusKind::Running)
                         && let Some(at) = requested.remove(&id)
                     {
                         latencies.push(at.elapsed());
@@ -136,11 +161,20 @@ async fn batch(db: &Arc<Database>, n: usize) -> (Duration, Vec<Duration>) {
 }
 
 async fn destroy_all(db: &Arc<Database>) {
-    let ids: Vec<DeploymentId> = db.deployments().into_iter().filter(|d| d.status.kind() == StatusKind::Running).map(|d| d.id).collect();
+    let ids: Vec<DeploymentId> = db
+        .deployments()
+        .into_iter()
+        .filter(|d| d.status.kind() == StatusKind::Running)
+        .map(|d| d.id)
+        .collect();
     for id in &ids {
         let _ = db.request_destroy(id);
     }
-    while db.deployments().iter().any(|d| d.status.kind() != StatusKind::Destroyed) {
+    while db
+        .deployments()
+        .iter()
+        .any(|d| d.status.kind() != StatusKind::Destroyed)
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -151,7 +185,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let p = rt.block_on(platform());
 
     // The figures of the note: one run of 1,000 deployments.

@@ -59,10 +59,14 @@ fn default_data_dir() -> Result<PathBuf> {
 async fn node_id(data_dir: &Path) -> Result<NodeId> {
     let path = data_dir.join("node-id");
     match tokio::fs::read_to_string(&path).await {
-        Ok(text) => NodeId::parse(text.trim()).with_context(|| format!("{} is corrupt", path.display())),
+        Ok(text) => {
+            NodeId::parse(text.trim()).with_context(|| format!("{} is corrupt", path.display()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id = NodeId::random();
-            tokio::fs::write(&path, id.as_str()).await.with_context(|| format!("cannot write {}", path.display()))?;
+            tokio::fs::write(&path, id.as_str())
+                .await
+                .with_context(|| format!("cannot write {}", path.display()))?;
             Ok(id)
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
@@ -70,7 +74,8 @@ async fn node_id(data_dir: &Path) -> Result<NodeId> {
 }
 
 async fn choose_runtime(choice: RuntimeChoice, data_dir: &Path) -> Result<Arc<dyn Runtime>> {
-    let process = || -> Arc<dyn Runtime> { Arc::new(ProcessRuntime::new(data_dir.join("runtime"))) };
+    let process =
+        || -> Arc<dyn Runtime> { Arc::new(ProcessRuntime::new(data_dir.join("runtime"))) };
     match choice {
         RuntimeChoice::Process => Ok(process()),
         RuntimeChoice::Docker => bail!("this build of kraken has no Docker runtime"),
@@ -93,7 +98,10 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .await
         .context("cannot open the orchestrator state")?;
     let broker = MemoryBroker::default();
-    let config = NodeConfig { data_dir: Some(data_dir.clone()), address: args.address.clone() };
+    let config = NodeConfig {
+        data_dir: Some(data_dir.clone()),
+        address: args.address.clone(),
+    };
     let orchestrator = OrchestrationExecutor::new(
         Arc::clone(&db),
         OrchestratorConfig {
@@ -116,8 +124,13 @@ pub async fn run(args: UpArgs) -> Result<()> {
 
     let handle = agent.spawn();
     if let Some(url) = &args.deploy {
-        let deployment = db.create_deployment(url, &args.branch).context("cannot deploy")?;
-        println!("kraken: deploying {url} ({}) as {}", args.branch, deployment.id);
+        let deployment = db
+            .create_deployment(url, &args.branch)
+            .context("cannot deploy")?;
+        println!(
+            "kraken: deploying {url} ({}) as {}",
+            args.branch, deployment.id
+        );
         tokio::spawn(follow(Arc::clone(&db), deployment.id));
     }
     tokio::select! {
@@ -134,7 +147,11 @@ async fn follow(db: Arc<Database>, id: DeploymentId) {
     let mut events = db.subscribe();
     loop {
         match events.recv().await {
-            Ok(StateEvent::Deployment { id: ref changed, ref status, .. }) if *changed == id => {
+            Ok(StateEvent::Deployment {
+                id: ref changed,
+                ref status,
+                ..
+            }) if *changed == id => {
                 println!("kraken: {id}: {status}");
                 match status.kind() {
                     StatusKind::Running => {
@@ -147,7 +164,10 @@ async fn follow(db: Arc<Database>, id: DeploymentId) {
                     _ => {}
                 }
             }
-            Ok(StateEvent::Log { id: ref changed, ref lines }) if *changed == id => {
+            Ok(StateEvent::Log {
+                id: ref changed,
+                ref lines,
+            }) if *changed == id => {
                 for line in lines {
                     println!("  [{}] {}", line.stream, line.text);
                 }

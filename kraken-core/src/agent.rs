@@ -101,7 +101,11 @@ impl AgentBuilder {
         let transport = self.transport.ok_or(AgentError::Missing("transport"))?;
         let runtime = self.runtime.ok_or(AgentError::Missing("runtime"))?;
         let ctx = NodeContext::new(self.node, transport, runtime, self.config);
-        Ok(Agent { ctx, executors: self.executors, grace: self.grace })
+        Ok(Agent {
+            ctx,
+            executors: self.executors,
+            grace: self.grace,
+        })
     }
 }
 
@@ -115,7 +119,10 @@ pub struct Agent {
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<&str> = self.executors.iter().map(|e| e.name()).collect();
-        f.debug_struct("Agent").field("ctx", &self.ctx).field("executors", &names).finish()
+        f.debug_struct("Agent")
+            .field("ctx", &self.ctx)
+            .field("executors", &names)
+            .finish()
     }
 }
 
@@ -141,7 +148,11 @@ impl Agent {
     /// fatally; then stops consuming, lets work in flight finish (within the grace time)
     /// and calls every executor's `shutdown`.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AgentError> {
-        let Agent { ctx, executors, grace } = self;
+        let Agent {
+            ctx,
+            executors,
+            grace,
+        } = self;
         let stop = ctx.shutdown();
         let mut running = Vec::new();
         for mut executor in executors {
@@ -150,7 +161,10 @@ impl Agent {
                 stop.cancel();
                 ctx.tracker().close();
                 let _ = tokio::time::timeout(grace, ctx.tracker().wait()).await;
-                return Err(AgentError::Setup { executor: executor.name().to_owned(), source });
+                return Err(AgentError::Setup {
+                    executor: executor.name().to_owned(),
+                    source,
+                });
             }
             running.push((executor, ectx));
         }
@@ -159,7 +173,13 @@ impl Agent {
         let failure: Arc<std::sync::Mutex<Option<AgentError>>> = Arc::default();
         let mut loops = Vec::new();
         for (executor, ectx) in running {
-            loops.push(tokio::spawn(drive(executor, ectx, stop.clone(), fatal.clone(), Arc::clone(&failure))));
+            loops.push(tokio::spawn(drive(
+                executor,
+                ectx,
+                stop.clone(),
+                fatal.clone(),
+                Arc::clone(&failure),
+            )));
         }
         tokio::select! {
             () = shutdown => tracing::info!(node = %ctx.node, "shutting down"),
@@ -207,8 +227,10 @@ async fn drive(
             }
             Err(ExecutionFailure::Fatal(reason)) => {
                 tracing::error!(executor = executor.name(), reason = %reason, "executor failed");
-                *failure.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(AgentError::Fatal { executor: executor.name().to_owned(), reason });
+                *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(AgentError::Fatal {
+                    executor: executor.name().to_owned(),
+                    reason,
+                });
                 fatal.cancel();
                 break;
             }
@@ -246,7 +268,10 @@ impl AgentHandle {
     pub async fn wait(self) -> Result<(), AgentError> {
         match self.join.await {
             Ok(result) => result,
-            Err(err) => Err(AgentError::Fatal { executor: "agent".into(), reason: err.to_string() }),
+            Err(err) => Err(AgentError::Fatal {
+                executor: "agent".into(),
+                reason: err.to_string(),
+            }),
         }
     }
     /// Stops and waits.

@@ -39,26 +39,54 @@ struct Platform {
 
 async fn platform(workers: usize, api: ApiConfig) -> Platform {
     let data = tempfile::tempdir().unwrap();
-    let db = Database::open(&data.path().join("orchestrator"), StateConfig::default()).await.unwrap();
+    let db = Database::open(&data.path().join("orchestrator"), StateConfig::default())
+        .await
+        .unwrap();
     platform_on(db, data, workers, api).await
 }
 
-async fn platform_on(db: Arc<Database>, data: tempfile::TempDir, workers: usize, api: ApiConfig) -> Platform {
-    let api = api.bind("127.0.0.1:0".parse().unwrap()).token(ApiToken::new(TOKEN).unwrap());
-    let config = OrchestratorConfig { api: Some(api), ..orchestrator_config() };
+async fn platform_on(
+    db: Arc<Database>,
+    data: tempfile::TempDir,
+    workers: usize,
+    api: ApiConfig,
+) -> Platform {
+    let api = api
+        .bind("127.0.0.1:0".parse().unwrap())
+        .token(ApiToken::new(TOKEN).unwrap());
+    let config = OrchestratorConfig {
+        api: Some(api),
+        ..orchestrator_config()
+    };
     let mut cluster = Cluster::with_config(db, config);
     for i in 0..workers {
-        cluster.add_worker(&format!("worker-{i}"), Arc::new(FakeRuntime::new().with_unique_ports()) as Arc<dyn Runtime>);
+        cluster.add_worker(
+            &format!("worker-{i}"),
+            Arc::new(FakeRuntime::new().with_unique_ports()) as Arc<dyn Runtime>,
+        );
     }
     cluster.wait_nodes(workers).await;
-    let mut platform = cluster.orchestrator.as_ref().unwrap().context().watch_platform();
-    let info = tokio::time::timeout(LIMIT, platform.wait_for(|p| p.as_ref().is_some_and(|p| p.api_addr.is_some())))
-        .await
+    let mut platform = cluster
+        .orchestrator
+        .as_ref()
         .unwrap()
-        .unwrap()
-        .clone()
-        .unwrap();
-    Platform { cluster, addr: info.api_addr.unwrap(), http: reqwest::Client::new(), _data: data }
+        .context()
+        .watch_platform();
+    let info = tokio::time::timeout(
+        LIMIT,
+        platform.wait_for(|p| p.as_ref().is_some_and(|p| p.api_addr.is_some())),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .clone()
+    .unwrap();
+    Platform {
+        cluster,
+        addr: info.api_addr.unwrap(),
+        http: reqwest::Client::new(),
+        _data: data,
+    }
 }
 
 impl Platform {
@@ -68,7 +96,10 @@ impl Platform {
 
     /// A GraphQL request; the whole response (data and errors).
     async fn graphql(&self, query: &str, variables: Value, token: Option<&str>) -> Value {
-        let mut request = self.http.post(self.url("/graphql")).json(&json!({ "query": query, "variables": variables }));
+        let mut request = self
+            .http
+            .post(self.url("/graphql"))
+            .json(&json!({ "query": query, "variables": variables }));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -86,7 +117,8 @@ impl Platform {
     async fn error_code(&self, query: &str, variables: Value, token: Option<&str>) -> String {
         let response = self.graphql(query, variables, token).await;
         let code = response["errors"][0]["extensions"]["code"].as_str();
-        code.unwrap_or_else(|| panic!("{query}: expected an error: {response}")).to_owned()
+        code.unwrap_or_else(|| panic!("{query}: expected an error: {response}"))
+            .to_owned()
     }
 
     async fn get(&self, path: &str) -> reqwest::Response {
@@ -110,18 +142,26 @@ impl Platform {
     /// status code.
     async fn raw_status(&self, method: &str, path: &str, token: Option<&str>) -> u16 {
         let mut stream = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        let request = format!("{method} {path} HTTP/1.1\r\nHost: kraken\r\n{auth}Connection: close\r\n\r\n");
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: kraken\r\n{auth}Connection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await.unwrap();
         let text = String::from_utf8_lossy(&response);
-        text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {text:?}"))
+        text.split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {text:?}"))
     }
 
     async fn shutdown(self) {
         let Platform { cluster, _data, .. } = self;
-        tokio::time::timeout(LIMIT, cluster.shutdown()).await.expect("the platform stops even with clients connected");
+        tokio::time::timeout(LIMIT, cluster.shutdown())
+            .await
+            .expect("the platform stops even with clients connected");
     }
 }
 
@@ -130,7 +170,8 @@ fn app(name: &str, env: &[(&str, &str)]) -> GitRepo {
 }
 
 const SEED_DEPLOYMENTS: &str = "{ getDeployments { id srcUrl version commit status memMb maxMemMb cpuUsage size port statusHistory { status time } resultsUrl deploymentUrl node } }";
-const SEED_NODES: &str = "{ getNodes { id model addr ramUsed ramFree currentRamPercent uptime loadAvg5 } }";
+const SEED_NODES: &str =
+    "{ getNodes { id model addr ramUsed ramFree currentRamPercent uptime loadAvg5 } }";
 
 fn keys(v: &Value) -> Vec<&str> {
     let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
@@ -151,12 +192,21 @@ async fn a_client_of_the_original_schema_gets_data_in_that_shape() {
 
     // createDeployment(deploymentUrl:, gitBranch:) → the id.
     let data = p
-        .data(&format!("mutation {{ createDeployment(deploymentUrl: \"{}\", gitBranch: \"main\") }}", repo.url()), json!({}))
+        .data(
+            &format!(
+                "mutation {{ createDeployment(deploymentUrl: \"{}\", gitBranch: \"main\") }}",
+                repo.url()
+            ),
+            json!({}),
+        )
         .await;
     let id = DeploymentId::parse(data["createDeployment"].as_str().unwrap()).unwrap();
     let d = wait_status(&p.cluster.db, &id, StatusKind::Running, LIMIT).await;
     // Stats come with the worker's next stats report.
-    wait_until(LIMIT, || p.cluster.db.deployment(&id).unwrap().stats.is_some()).await;
+    wait_until(LIMIT, || {
+        p.cluster.db.deployment(&id).unwrap().stats.is_some()
+    })
+    .await;
 
     let data = p.data(SEED_DEPLOYMENTS, json!({})).await;
     let list = data["getDeployments"].as_array().unwrap();
@@ -165,8 +215,20 @@ async fn a_client_of_the_original_schema_gets_data_in_that_shape() {
     assert_eq!(
         keys(got),
         sorted(vec![
-            "id", "srcUrl", "version", "commit", "status", "memMb", "maxMemMb", "cpuUsage", "size", "port",
-            "statusHistory", "resultsUrl", "deploymentUrl", "node"
+            "id",
+            "srcUrl",
+            "version",
+            "commit",
+            "status",
+            "memMb",
+            "maxMemMb",
+            "cpuUsage",
+            "size",
+            "port",
+            "statusHistory",
+            "resultsUrl",
+            "deploymentUrl",
+            "node"
         ])
     );
     assert_eq!(got["id"], id.as_str());
@@ -185,14 +247,26 @@ async fn a_client_of_the_original_schema_gets_data_in_that_shape() {
     assert_eq!(history[0]["status"], "DeploymentRequested");
     assert_eq!(history.last().unwrap()["status"], "Running");
     let time = history[0]["time"].as_str().unwrap();
-    assert!(time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T', "RFC 3339: {time}");
+    assert!(
+        time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+        "RFC 3339: {time}"
+    );
 
     let data = p.data(SEED_NODES, json!({})).await;
     let nodes = data["getNodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 2);
     assert_eq!(
         keys(&nodes[0]),
-        sorted(vec!["id", "model", "addr", "ramUsed", "ramFree", "currentRamPercent", "uptime", "loadAvg5"])
+        sorted(vec![
+            "id",
+            "model",
+            "addr",
+            "ramUsed",
+            "ramFree",
+            "currentRamPercent",
+            "uptime",
+            "loadAvg5"
+        ])
     );
     assert_eq!(nodes[0]["ramUsed"], 4096);
     assert_eq!(nodes[0]["ramFree"], 4096);
@@ -215,7 +289,10 @@ async fn a_client_of_the_original_schema_gets_data_in_that_shape() {
     assert_eq!(got["appUrl"].as_str(), d.url.as_deref());
     assert_eq!(got["manifest"]["lang"], "python");
     assert_eq!(got["manifest"]["envKeys"], json!(["FAKE_LOG_LINES"]));
-    assert_eq!(got["placedOn"]["id"].as_str(), d.node.as_ref().map(|n| n.as_str()));
+    assert_eq!(
+        got["placedOn"]["id"].as_str(),
+        d.node.as_ref().map(|n| n.as_str())
+    );
     let lines = got["logs"].as_array().unwrap();
     assert!(lines.iter().any(|l| l["stream"] == "build"), "{lines:?}");
     let node = d.node.clone().unwrap();
@@ -227,17 +304,32 @@ async fn a_client_of_the_original_schema_gets_data_in_that_shape() {
         .await;
     assert_eq!(data["getNode"]["deployments"], json!([id.as_str()]));
     assert_eq!(data["getNode"]["deploymentDetails"][0]["id"], id.as_str());
-    assert!(data["getNode"]["orchestrationPriority"].is_null(), "a plain worker has no rollover rank");
+    assert!(
+        data["getNode"]["orchestrationPriority"].is_null(),
+        "a plain worker has no rollover rank"
+    );
     assert_eq!(data["getNode"]["cpus"], 4);
 
-    let data = p.data("{ getPlatform { orchestrator epoch apiAddr brokerUrl candidates } }", json!({})).await;
+    let data = p
+        .data(
+            "{ getPlatform { orchestrator epoch apiAddr brokerUrl candidates } }",
+            json!({}),
+        )
+        .await;
     assert_eq!(data["getPlatform"]["orchestrator"], "orchestrator");
     assert_eq!(data["getPlatform"]["epoch"], 1);
     assert_eq!(data["getPlatform"]["apiAddr"], p.addr);
-    assert!(data["getPlatform"]["brokerUrl"].is_null(), "the memory transport has no broker");
-    let data = p.data("{ getPlatformServices { name kind address } }", json!({})).await;
+    assert!(
+        data["getPlatform"]["brokerUrl"].is_null(),
+        "the memory transport has no broker"
+    );
+    let data = p
+        .data("{ getPlatformServices { name kind address } }", json!({}))
+        .await;
     let services = data["getPlatformServices"].as_array().unwrap();
-    assert!(services.contains(&json!({ "name": "api", "kind": "http", "address": format!("http://{}", p.addr) })));
+    assert!(services.contains(
+        &json!({ "name": "api", "kind": "http", "address": format!("http://{}", p.addr) })
+    ));
     assert!(services.contains(&json!({ "name": "transport", "kind": "memory", "address": null })));
     assert!(services.contains(&json!({ "name": "runtime", "kind": "fake", "address": null })));
 
@@ -246,9 +338,17 @@ async fn a_client_of_the_original_schema_gets_data_in_that_shape() {
 
     // pollRedeploy: a new commit is deployed.
     let second = repo.commit(&[("index.html", "v2")], "v2");
-    let data = p.data("mutation($id: String!) { pollRedeploy(deploymentId: $id) }", json!({ "id": id.as_str() })).await;
+    let data = p
+        .data(
+            "mutation($id: String!) { pollRedeploy(deploymentId: $id) }",
+            json!({ "id": id.as_str() }),
+        )
+        .await;
     assert_eq!(data["pollRedeploy"], true);
-    wait_until(LIMIT, || p.cluster.db.deployment(&id).unwrap().commit.as_deref() == Some(second.as_str())).await;
+    wait_until(LIMIT, || {
+        p.cluster.db.deployment(&id).unwrap().commit.as_deref() == Some(second.as_str())
+    })
+    .await;
     let d = wait_status(&p.cluster.db, &id, StatusKind::Running, LIMIT).await;
     assert_eq!(d.generation, 2);
 
@@ -257,42 +357,81 @@ async fn a_client_of_the_original_schema_gets_data_in_that_shape() {
     let failed = p.create(&broken.url()).await;
     wait_status(&p.cluster.db, &failed, StatusKind::Errored, LIMIT).await;
     let data = p
-        .data("query($id: String!) { getDeployment(deploymentId: $id) { status errorReason } }", json!({ "id": failed.as_str() }))
+        .data(
+            "query($id: String!) { getDeployment(deploymentId: $id) { status errorReason } }",
+            json!({ "id": failed.as_str() }),
+        )
         .await;
     assert_eq!(data["getDeployment"]["status"], "Errored");
-    assert!(data["getDeployment"]["errorReason"].as_str().unwrap().contains("no compiler here"));
+    assert!(
+        data["getDeployment"]["errorReason"]
+            .as_str()
+            .unwrap()
+            .contains("no compiler here")
+    );
 
     // cancelDeployment, then deleteLog.
     for target in [&id, &failed] {
-        let data =
-            p.data("mutation($id: String!) { cancelDeployment(deploymentId: $id) }", json!({ "id": target.as_str() })).await;
+        let data = p
+            .data(
+                "mutation($id: String!) { cancelDeployment(deploymentId: $id) }",
+                json!({ "id": target.as_str() }),
+            )
+            .await;
         assert_eq!(data["cancelDeployment"], true);
         wait_status(&p.cluster.db, target, StatusKind::Destroyed, LIMIT).await;
     }
-    let data = p.data("mutation($id: String!) { cancelDeployment(deploymentId: $id) }", json!({ "id": id.as_str() })).await;
+    let data = p
+        .data(
+            "mutation($id: String!) { cancelDeployment(deploymentId: $id) }",
+            json!({ "id": id.as_str() }),
+        )
+        .await;
     assert_eq!(data["cancelDeployment"], false, "already destroyed");
-    let data = p.data("mutation($id: String!) { deleteLog(logId: $id) }", json!({ "id": id.as_str() })).await;
+    let data = p
+        .data(
+            "mutation($id: String!) { deleteLog(logId: $id) }",
+            json!({ "id": id.as_str() }),
+        )
+        .await;
     assert_eq!(data["deleteLog"], true);
     let data = p.data("{ getAvailableLogs }", json!({})).await;
     assert_eq!(data["getAvailableLogs"], json!([failed.as_str()]));
-    let data = p.data("mutation($id: String!) { deleteLog(logId: $id) }", json!({ "id": id.as_str() })).await;
+    let data = p
+        .data(
+            "mutation($id: String!) { deleteLog(logId: $id) }",
+            json!({ "id": id.as_str() }),
+        )
+        .await;
     assert_eq!(data["deleteLog"], false, "nothing left to delete");
     p.shutdown().await;
 }
 
 /// A websocket client speaking `graphql-transport-ws` (or the older `graphql-ws`).
 struct Ws {
-    socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
     legacy: bool,
 }
 
 impl Ws {
     async fn connect(p: &Platform, protocol: &str, payload: Value) -> Result<Ws, String> {
-        let mut request = format!("ws://{}/graphql", p.addr).into_client_request().unwrap();
-        request.headers_mut().insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
-        let (socket, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| e.to_string())?;
-        let mut ws = Ws { socket, legacy: protocol == "graphql-ws" };
-        ws.send(json!({ "type": "connection_init", "payload": payload })).await;
+        let mut request = format!("ws://{}/graphql", p.addr)
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+        let (socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut ws = Ws {
+            socket,
+            legacy: protocol == "graphql-ws",
+        };
+        ws.send(json!({ "type": "connection_init", "payload": payload }))
+            .await;
         loop {
             let message = ws.next().await.ok_or("closed before the ack")?;
             match message["type"].as_str() {
@@ -304,18 +443,24 @@ impl Ws {
     }
 
     async fn send(&mut self, message: Value) {
-        self.socket.send(Message::text(message.to_string())).await.unwrap();
+        self.socket
+            .send(Message::text(message.to_string()))
+            .await
+            .unwrap();
     }
 
     async fn subscribe(&mut self, id: &str, query: &str) {
         let kind = if self.legacy { "start" } else { "subscribe" };
-        self.send(json!({ "id": id, "type": kind, "payload": { "query": query } })).await;
+        self.send(json!({ "id": id, "type": kind, "payload": { "query": query } }))
+            .await;
     }
 
     /// The next protocol message (keep-alives skipped); `None` once closed.
     async fn next(&mut self) -> Option<Value> {
         loop {
-            let message = tokio::time::timeout(LIMIT, self.socket.next()).await.expect("a message in time")?;
+            let message = tokio::time::timeout(LIMIT, self.socket.next())
+                .await
+                .expect("a message in time")?;
             match message {
                 Ok(Message::Text(text)) => {
                     let value: Value = serde_json::from_str(&text).unwrap();
@@ -365,10 +510,23 @@ impl Ws {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_stream_status_changes_and_log_lines() {
     let p = platform(1, ApiConfig::default()).await;
-    let repo = app("live", &[("FAKE_BUILD_DELAY_MS", "300"), ("FAKE_START_DELAY_MS", "300"), ("FAKE_LOG_LINES", "3")]);
+    let repo = app(
+        "live",
+        &[
+            ("FAKE_BUILD_DELAY_MS", "300"),
+            ("FAKE_START_DELAY_MS", "300"),
+            ("FAKE_LOG_LINES", "3"),
+        ],
+    );
 
-    let mut all = Ws::connect(&p, "graphql-transport-ws", json!({})).await.unwrap();
-    all.subscribe("all", "subscription { deploymentChanged { id status generation } }").await;
+    let mut all = Ws::connect(&p, "graphql-transport-ws", json!({}))
+        .await
+        .unwrap();
+    all.subscribe(
+        "all",
+        "subscription { deploymentChanged { id status generation } }",
+    )
+    .await;
     // The subscription is live once the server has registered it; a query on the same
     // connection is answered after it.
     all.subscribe("probe", "{ getPlatform { epoch } }").await;
@@ -379,7 +537,12 @@ async fn subscriptions_stream_status_changes_and_log_lines() {
     while seen.last().map(String::as_str) != Some("Running") {
         let data = all.data("all").await.expect("the subscription goes on");
         if data["deploymentChanged"]["id"] == id.as_str() {
-            seen.push(data["deploymentChanged"]["status"].as_str().unwrap().to_owned());
+            seen.push(
+                data["deploymentChanged"]["status"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
         }
     }
     assert_eq!(
@@ -398,43 +561,116 @@ async fn subscriptions_stream_status_changes_and_log_lines() {
 
     // logLines with the kept tail first, over the older protocol.
     let mut logs = Ws::connect(&p, "graphql-ws", json!({})).await.unwrap();
-    logs.subscribe("logs", &format!("subscription {{ logLines(deploymentId: \"{id}\", tail: 1000) {{ time stream text }} }}")).await;
+    logs.subscribe(
+        "logs",
+        &format!(
+            "subscription {{ logLines(deploymentId: \"{id}\", tail: 1000) {{ time stream text }} }}"
+        ),
+    )
+    .await;
     let mut texts = Vec::new();
     while !texts.iter().any(|t: &String| t == "line 3") {
         let data = logs.data("logs").await.expect("log lines");
         texts.push(data["logLines"]["text"].as_str().unwrap().to_owned());
     }
-    assert!(texts.iter().any(|t| t.starts_with("fake build of")), "{texts:?}");
+    assert!(
+        texts.iter().any(|t| t.starts_with("fake build of")),
+        "{texts:?}"
+    );
 
     // A subscription to one deployment sees it destroyed, then completes.
-    let mut one = Ws::connect(&p, "graphql-transport-ws", json!({})).await.unwrap();
-    one.subscribe("one", &format!("subscription {{ deploymentChanged(deploymentId: \"{id}\") {{ status }} }}")).await;
+    let mut one = Ws::connect(&p, "graphql-transport-ws", json!({}))
+        .await
+        .unwrap();
+    one.subscribe(
+        "one",
+        &format!("subscription {{ deploymentChanged(deploymentId: \"{id}\") {{ status }} }}"),
+    )
+    .await;
     one.subscribe("probe", "{ getPlatform { epoch } }").await;
     assert!(one.data("probe").await.is_some());
-    let data = p.data("mutation($id: String!) { cancelDeployment(deploymentId: $id) }", json!({ "id": id.as_str() })).await;
+    let data = p
+        .data(
+            "mutation($id: String!) { cancelDeployment(deploymentId: $id) }",
+            json!({ "id": id.as_str() }),
+        )
+        .await;
     assert_eq!(data["cancelDeployment"], true);
     let mut statuses = Vec::new();
     while let Some(data) = one.data("one").await {
-        statuses.push(data["deploymentChanged"]["status"].as_str().unwrap().to_owned());
+        statuses.push(
+            data["deploymentChanged"]["status"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
-    assert_eq!(statuses.last().map(String::as_str), Some("Destroyed"), "{statuses:?}");
+    assert_eq!(
+        statuses.last().map(String::as_str),
+        Some("Destroyed"),
+        "{statuses:?}"
+    );
     // The log subscription ends too.
     while logs.data("logs").await.is_some() {}
 
     // Mutations over the websocket need the token as well.
-    let mut anonymous = Ws::connect(&p, "graphql-transport-ws", json!({})).await.unwrap();
-    anonymous.subscribe("m", &format!("mutation {{ createDeployment(deploymentUrl: \"{}\", gitBranch: \"main\") }}", repo.url())).await;
+    let mut anonymous = Ws::connect(&p, "graphql-transport-ws", json!({}))
+        .await
+        .unwrap();
+    anonymous
+        .subscribe(
+            "m",
+            &format!(
+                "mutation {{ createDeployment(deploymentUrl: \"{}\", gitBranch: \"main\") }}",
+                repo.url()
+            ),
+        )
+        .await;
     let reply = anonymous.next_for("m").await.unwrap();
-    assert_eq!(reply["payload"]["errors"][0]["extensions"]["code"], "UNAUTHENTICATED", "{reply}");
-    let mut authorised = Ws::connect(&p, "graphql-transport-ws", json!({ "Authorization": format!("Bearer {TOKEN}") })).await.unwrap();
-    authorised.subscribe("m", &format!("mutation {{ createDeployment(deploymentUrl: \"{}\", gitBranch: \"main\") }}", repo.url())).await;
+    assert_eq!(
+        reply["payload"]["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+        "{reply}"
+    );
+    let mut authorised = Ws::connect(
+        &p,
+        "graphql-transport-ws",
+        json!({ "Authorization": format!("Bearer {TOKEN}") }),
+    )
+    .await
+    .unwrap();
+    authorised
+        .subscribe(
+            "m",
+            &format!(
+                "mutation {{ createDeployment(deploymentUrl: \"{}\", gitBranch: \"main\") }}",
+                repo.url()
+            ),
+        )
+        .await;
     let created = authorised.data("m").await.unwrap();
-    assert!(created["createDeployment"].as_str().unwrap().starts_with("dep-"));
-    assert_eq!(p.cluster.db.deployments().len(), 2, "only the authorised mutation created one");
+    assert!(
+        created["createDeployment"]
+            .as_str()
+            .unwrap()
+            .starts_with("dep-")
+    );
+    assert_eq!(
+        p.cluster.db.deployments().len(),
+        2,
+        "only the authorised mutation created one"
+    );
     // Subscriptions to what does not exist are refused clearly.
-    authorised.subscribe("bad", "subscription { logLines(deploymentId: \"../x\") { text } }").await;
+    authorised
+        .subscribe(
+            "bad",
+            "subscription { logLines(deploymentId: \"../x\") { text } }",
+        )
+        .await;
     let reply = authorised.next_for("bad").await.unwrap();
-    assert_eq!(reply["payload"]["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{reply}");
+    assert_eq!(
+        reply["payload"]["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{reply}"
+    );
     p.shutdown().await;
 }
 
@@ -444,23 +680,45 @@ async fn rest_routes_answer_as_documented() {
     let repo = app("rest", &[("FAKE_LOG_LINES", "5")]);
     let id = p.create(&repo.url()).await;
     wait_status(&p.cluster.db, &id, StatusKind::Running, LIMIT).await;
-    wait_until(LIMIT, || p.cluster.db.logs(&id, None).unwrap().iter().any(|l| l.text == "line 5")).await;
+    wait_until(LIMIT, || {
+        p.cluster
+            .db
+            .logs(&id, None)
+            .unwrap()
+            .iter()
+            .any(|l| l.text == "line 5")
+    })
+    .await;
 
-    let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let root = no_redirect.get(p.url("/")).send().await.unwrap();
     assert!(root.status().is_redirection());
     assert_eq!(root.headers()["location"], "/index.html");
     let index = p.get("/").await;
     assert_eq!(index.status(), 200);
-    assert!(index.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        index.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     assert!(index.text().await.unwrap().contains("Kraken"));
     p.assert_serving().await;
 
     // Health: a worker has no rank; the orchestrator is the primary.
     let health: Value = p.get("/health/worker-0").await.json().await.unwrap();
-    assert_eq!(health, json!({ "node": "worker-0", "rank": null, "role": "worker", "epoch": 1 }));
+    assert_eq!(
+        health,
+        json!({ "node": "worker-0", "rank": null, "role": "worker", "epoch": 1 })
+    );
     let health: Value = p.get("/health/orchestrator").await.json().await.unwrap();
-    assert_eq!(health, json!({ "node": "orchestrator", "rank": 0, "role": "primary", "epoch": 1 }));
+    assert_eq!(
+        health,
+        json!({ "node": "orchestrator", "rank": 0, "role": "primary", "epoch": 1 })
+    );
     assert_eq!(p.get("/health/node-nobody").await.status(), 404);
 
     // Logs: every line, the tail, the format.
@@ -469,9 +727,19 @@ async fn rest_routes_answer_as_documented() {
     for line in text.lines() {
         let (time, rest) = line.split_once(' ').unwrap();
         assert!(time.ends_with('Z') && time.len() == 24, "{line}");
-        assert!(["[build] ", "[stdout] ", "[stderr] ", "[kraken] "].iter().any(|s| rest.starts_with(s)), "{line}");
+        assert!(
+            ["[build] ", "[stdout] ", "[stderr] ", "[kraken] "]
+                .iter()
+                .any(|s| rest.starts_with(s)),
+            "{line}"
+        );
     }
-    let tail = p.get(&format!("/log/{id}?tail=2")).await.text().await.unwrap();
+    let tail = p
+        .get(&format!("/log/{id}?tail=2"))
+        .await
+        .text()
+        .await
+        .unwrap();
     assert_eq!(tail.lines().count(), 2);
     assert!(tail.ends_with("[stdout] line 5\n"), "{tail}");
     assert_eq!(p.get(&format!("/log/{id}?tail=lots")).await.status(), 400);
@@ -482,16 +750,31 @@ async fn rest_routes_answer_as_documented() {
     assert_eq!(platform["api_addr"], p.addr);
     assert_eq!(platform["epoch"], 1);
     let metrics = p.get("/metrics").await.text().await.unwrap();
-    assert!(metrics.contains("kraken_deployments{status=\"Running\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("kraken_deployments{status=\"Running\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("kraken_nodes 1"), "{metrics}");
-    assert!(metrics.contains("kraken_reconcile_duration_seconds_bucket"), "{metrics}");
-    assert!(metrics.contains("kraken_messages_handled_total{message=\"SysinfoMessage\"}"), "{metrics}");
+    assert!(
+        metrics.contains("kraken_reconcile_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kraken_messages_handled_total{message=\"SysinfoMessage\"}"),
+        "{metrics}"
+    );
 
     // GraphiQL, on its route and for a browser's GET of /graphql.
     for path in ["/graphiql", "/graphql"] {
         let page = p.get(path).await;
         assert_eq!(page.status(), 200);
-        assert!(page.text().await.unwrap().to_lowercase().contains("graphiql"));
+        assert!(
+            page.text()
+                .await
+                .unwrap()
+                .to_lowercase()
+                .contains("graphiql")
+        );
     }
 
     // Every route of the OpenAPI document answers with one of its documented statuses.
@@ -500,25 +783,44 @@ async fn rest_routes_answer_as_documented() {
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() >= 10);
     for (path, operations) in paths {
-        let concrete = path.replace("{node_id}", "worker-0").replace("{deployment_id}", id.as_str());
+        let concrete = path
+            .replace("{node_id}", "worker-0")
+            .replace("{deployment_id}", id.as_str());
         for (method, operation) in operations.as_object().unwrap() {
             if method == "delete" {
                 continue; // below, so the log stays for the other routes
             }
-            let documented: Vec<u16> =
-                operation["responses"].as_object().unwrap().keys().map(|k| k.parse().unwrap()).collect();
+            let documented: Vec<u16> = operation["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| k.parse().unwrap())
+                .collect();
             let request = match method.as_str() {
                 "get" => no_redirect.get(p.url(&concrete)),
-                "post" => no_redirect.post(p.url(&concrete)).json(&json!({ "query": "{ getPlatform { epoch } }" })),
+                "post" => no_redirect
+                    .post(p.url(&concrete))
+                    .json(&json!({ "query": "{ getPlatform { epoch } }" })),
                 other => panic!("undocumented method {other}"),
             };
             let status = request.send().await.unwrap().status().as_u16();
-            assert!(documented.contains(&status), "{method} {concrete} answered {status}, documented {documented:?}");
+            assert!(
+                documented.contains(&status),
+                "{method} {concrete} answered {status}, documented {documented:?}"
+            );
         }
     }
-    let deleted = no_redirect.delete(p.url(&format!("/log/{id}"))).bearer_auth(TOKEN).send().await.unwrap();
+    let deleted = no_redirect
+        .delete(p.url(&format!("/log/{id}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(deleted.status(), 200);
-    assert_eq!(deleted.json::<Value>().await.unwrap(), json!({ "deleted": true }));
+    assert_eq!(
+        deleted.json::<Value>().await.unwrap(),
+        json!({ "deleted": true })
+    );
     p.shutdown().await;
 }
 
@@ -534,13 +836,24 @@ async fn follow_streams_new_lines_until_the_deployment_is_destroyed() {
     let mut received = String::new();
     // Kept lines come first.
     while !received.contains("placed on") {
-        received.push_str(&String::from_utf8_lossy(&follow.chunk().await.unwrap().unwrap()));
+        received.push_str(&String::from_utf8_lossy(
+            &follow.chunk().await.unwrap().unwrap(),
+        ));
     }
     // New lines as they come: a redeploy request notes the unchanged branch head.
-    let data = p.data("mutation($id: String!) { pollRedeploy(deploymentId: $id) }", json!({ "id": id.as_str() })).await;
+    let data = p
+        .data(
+            "mutation($id: String!) { pollRedeploy(deploymentId: $id) }",
+            json!({ "id": id.as_str() }),
+        )
+        .await;
     assert_eq!(data["pollRedeploy"], true);
     while !received.contains("nothing to redeploy") {
-        let chunk = tokio::time::timeout(LIMIT, follow.chunk()).await.unwrap().unwrap().unwrap();
+        let chunk = tokio::time::timeout(LIMIT, follow.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         received.push_str(&String::from_utf8_lossy(&chunk));
     }
     wait_status(&p.cluster.db, &id, StatusKind::Running, LIMIT).await;
@@ -564,14 +877,31 @@ async fn follow_streams_new_lines_until_the_deployment_is_destroyed() {
     assert!(freed, "the stream of a client that left is closed");
 
     // Destroying the deployment ends the stream.
-    let data = p.data("mutation($id: String!) { cancelDeployment(deploymentId: $id) }", json!({ "id": id.as_str() })).await;
+    let data = p
+        .data(
+            "mutation($id: String!) { cancelDeployment(deploymentId: $id) }",
+            json!({ "id": id.as_str() }),
+        )
+        .await;
     assert_eq!(data["cancelDeployment"], true);
-    while let Some(chunk) = tokio::time::timeout(LIMIT, follow.chunk()).await.unwrap().unwrap() {
+    while let Some(chunk) = tokio::time::timeout(LIMIT, follow.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
         received.push_str(&String::from_utf8_lossy(&chunk));
     }
-    assert_eq!(p.cluster.db.deployment(&id).unwrap().status.kind(), StatusKind::Destroyed);
+    assert_eq!(
+        p.cluster.db.deployment(&id).unwrap().status.kind(),
+        StatusKind::Destroyed
+    );
     // A follow of a destroyed deployment returns what is kept and ends.
-    let ended = p.get(&format!("/log/{id}?follow=true")).await.text().await.unwrap();
+    let ended = p
+        .get(&format!("/log/{id}?follow=true"))
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(ended.contains("placed on"));
 
     // Shutting down ends open streams instead of waiting for their clients.
@@ -579,8 +909,11 @@ async fn follow_streams_new_lines_until_the_deployment_is_destroyed() {
     wait_status(&p.cluster.db, &other, StatusKind::Running, LIMIT).await;
     let mut open = p.get(&format!("/log/{other}?follow=true")).await;
     assert!(open.chunk().await.unwrap().is_some());
-    let mut ws = Ws::connect(&p, "graphql-transport-ws", json!({})).await.unwrap();
-    ws.subscribe("s", "subscription { deploymentChanged { status } }").await;
+    let mut ws = Ws::connect(&p, "graphql-transport-ws", json!({}))
+        .await
+        .unwrap();
+    ws.subscribe("s", "subscription { deploymentChanged { status } }")
+        .await;
     p.shutdown().await;
     while let Ok(Some(_)) = open.chunk().await {}
     while ws.next().await.is_some() {}
@@ -597,8 +930,15 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                let content = if path.extension().is_some_and(|e| e == "redb") { Vec::new() } else { std::fs::read(&path).unwrap() };
-                files.insert(path.strip_prefix(dir).unwrap().display().to_string(), content);
+                let content = if path.extension().is_some_and(|e| e == "redb") {
+                    Vec::new()
+                } else {
+                    std::fs::read(&path).unwrap()
+                };
+                files.insert(
+                    path.strip_prefix(dir).unwrap().display().to_string(),
+                    content,
+                );
             }
         }
     }
@@ -609,19 +949,33 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 async fn bad_input_is_refused_clearly_and_changes_nothing() {
     let data = tempfile::tempdir().unwrap();
     std::fs::write(data.path().join("secret.log"), "do not delete").unwrap();
-    let db = Database::open(&data.path().join("orchestrator"), StateConfig::default()).await.unwrap();
+    let db = Database::open(&data.path().join("orchestrator"), StateConfig::default())
+        .await
+        .unwrap();
     let data_path = data.path().to_path_buf();
     // No workers: the deployment waits for one and nothing moves while the test runs.
     let p = platform_on(Arc::clone(&db), data, 0, ApiConfig::default()).await;
     let repo = app("still", &[]);
     let id = p.create(&repo.url()).await;
     wait_status(&db, &id, StatusKind::DelegatingDeployment, LIMIT).await;
-    wait_until(LIMIT, || db.logs(&id, None).unwrap().iter().any(|l| l.text.contains("waiting for a worker"))).await;
+    wait_until(LIMIT, || {
+        db.logs(&id, None)
+            .unwrap()
+            .iter()
+            .any(|l| l.text.contains("waiting for a worker"))
+    })
+    .await;
     db.flush().await.unwrap();
     let files_before = snapshot(&data_path);
     let state_before = serde_json::to_string(&db.deployments()).unwrap();
     let logs_before = db.logs(&id, None).unwrap();
-    assert!(files_before.keys().any(|f| f.starts_with("orchestrator/logs")), "{:?}", files_before.keys());
+    assert!(
+        files_before
+            .keys()
+            .any(|f| f.starts_with("orchestrator/logs")),
+        "{:?}",
+        files_before.keys()
+    );
 
     // Unknown ids.
     let unknown = DeploymentId::random();
@@ -632,28 +986,70 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         "mutation($id: String!) { cancelDeployment(deploymentId: $id) }",
         "mutation($id: String!) { deleteLog(logId: $id) }",
     ] {
-        assert_eq!(p.error_code(query, vars.clone(), Some(TOKEN)).await, "NOT_FOUND", "{query}");
+        assert_eq!(
+            p.error_code(query, vars.clone(), Some(TOKEN)).await,
+            "NOT_FOUND",
+            "{query}"
+        );
     }
     assert_eq!(
-        p.error_code("query($id: String!) { getNode(nodeId: $id) { id } }", json!({ "id": "node-nobody" }), None).await,
+        p.error_code(
+            "query($id: String!) { getNode(nodeId: $id) { id } }",
+            json!({ "id": "node-nobody" }),
+            None
+        )
+        .await,
         "NOT_FOUND"
     );
     assert_eq!(p.get(&format!("/log/{unknown}")).await.status(), 404);
-    assert_eq!(p.get(&format!("/log/{unknown}?follow=true")).await.status(), 404);
+    assert_eq!(
+        p.get(&format!("/log/{unknown}?follow=true")).await.status(),
+        404
+    );
     // A redeploy of a deployment that is not running is a conflict, explained.
-    let response =
-        p.graphql("mutation($id: String!) { pollRedeploy(deploymentId: $id) }", json!({ "id": id.as_str() }), Some(TOKEN)).await;
+    let response = p
+        .graphql(
+            "mutation($id: String!) { pollRedeploy(deploymentId: $id) }",
+            json!({ "id": id.as_str() }),
+            Some(TOKEN),
+        )
+        .await;
     assert_eq!(response["errors"][0]["extensions"]["code"], "CONFLICT");
-    assert!(response["errors"][0]["message"].as_str().unwrap().contains("DelegatingDeployment"), "{response}");
+    assert!(
+        response["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("DelegatingDeployment"),
+        "{response}"
+    );
 
     // Traversal attempts, in paths and in deleteLog.
-    let attacks =
-        ["../secret.log", "..", "%2e%2e%2fsecret.log", "/etc/passwd", "../../orchestrator/state.redb", "a/b", "", ".hidden"];
+    let attacks = [
+        "../secret.log",
+        "..",
+        "%2e%2e%2fsecret.log",
+        "/etc/passwd",
+        "../../orchestrator/state.redb",
+        "a/b",
+        "",
+        ".hidden",
+    ];
     for attack in attacks {
-        let code = p.error_code("mutation($id: String!) { deleteLog(logId: $id) }", json!({ "id": attack }), Some(TOKEN)).await;
+        let code = p
+            .error_code(
+                "mutation($id: String!) { deleteLog(logId: $id) }",
+                json!({ "id": attack }),
+                Some(TOKEN),
+            )
+            .await;
         assert_eq!(code, "BAD_USER_INPUT", "deleteLog({attack:?})");
-        let code =
-            p.error_code("query($id: String!) { getDeployment(deploymentId: $id) { id } }", json!({ "id": attack }), None).await;
+        let code = p
+            .error_code(
+                "query($id: String!) { getDeployment(deploymentId: $id) { id } }",
+                json!({ "id": attack }),
+                None,
+            )
+            .await;
         assert_eq!(code, "BAD_USER_INPUT", "getDeployment({attack:?})");
     }
     for path in [
@@ -666,30 +1062,65 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     ] {
         assert_eq!(p.raw_status("GET", path, None).await, 400, "GET {path}");
         if path.starts_with("/log/") {
-            assert_eq!(p.raw_status("DELETE", path, Some(TOKEN)).await, 400, "DELETE {path}");
+            assert_eq!(
+                p.raw_status("DELETE", path, Some(TOKEN)).await,
+                400,
+                "DELETE {path}"
+            );
         }
     }
-    for path in ["/log/../secret.log", "/log//etc/passwd", "/log/../../etc/passwd", "/log/a/../../secret.log"] {
+    for path in [
+        "/log/../secret.log",
+        "/log//etc/passwd",
+        "/log/../../etc/passwd",
+        "/log/a/../../secret.log",
+    ] {
         let status = p.raw_status("GET", path, None).await;
         assert!(status == 400 || status == 404, "GET {path}: {status}");
         let status = p.raw_status("DELETE", path, Some(TOKEN)).await;
-        assert!(status == 400 || status == 404 || status == 405, "DELETE {path}: {status}");
+        assert!(
+            status == 400 || status == 404 || status == 405,
+            "DELETE {path}: {status}"
+        );
     }
-    let error: Value = p.get("/log/%2e%2e%2fsecret.log").await.json().await.unwrap();
+    let error: Value = p
+        .get("/log/%2e%2e%2fsecret.log")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(error["code"], "BAD_REQUEST");
-    assert!(error["error"].as_str().unwrap().contains("invalid DeploymentId"), "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid DeploymentId"),
+        "{error}"
+    );
     p.assert_serving().await;
 
     // A 10 MB body.
-    let big = format!("{{\"query\": \"{{ getPlatform {{ epoch }} }}\", \"pad\": \"{}\"}}", "x".repeat(10 * 1024 * 1024));
-    let response = p.http.post(p.url("/graphql")).header("content-type", "application/json").body(big.clone()).send().await;
+    let big = format!(
+        "{{\"query\": \"{{ getPlatform {{ epoch }} }}\", \"pad\": \"{}\"}}",
+        "x".repeat(10 * 1024 * 1024)
+    );
+    let response = p
+        .http
+        .post(p.url("/graphql"))
+        .header("content-type", "application/json")
+        .body(big.clone())
+        .send()
+        .await;
     match response {
         Ok(r) => assert_eq!(r.status(), 413),
         Err(e) => panic!("the server answers a large body with 413: {e}"),
     }
     // Without a length up front (chunked) too.
     let chunks = futures::stream::iter(
-        big.into_bytes().chunks(64 * 1024).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>(),
+        big.into_bytes()
+            .chunks(64 * 1024)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
     );
     let response = p
         .http
@@ -704,21 +1135,41 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     // A query nested 50 deep.
     let mut deep = String::from("id");
     for i in 0..50 {
-        deep = if i % 2 == 0 { format!("placedOn {{ id {deep} }}") } else { format!("deploymentDetails {{ {deep} }}") };
+        deep = if i % 2 == 0 {
+            format!("placedOn {{ id {deep} }}")
+        } else {
+            format!("deploymentDetails {{ {deep} }}")
+        };
     }
     let deep = format!("{{ getDeployments {{ {deep} }} }}");
     let response = p.graphql(&deep, json!({}), None).await;
-    let message = response["errors"][0]["message"].as_str().unwrap_or_else(|| panic!("{response}"));
-    assert!(message.contains("nested too deep") || message.contains("recursion"), "{message}");
+    let message = response["errors"][0]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{response}"));
+    assert!(
+        message.contains("nested too deep") || message.contains("recursion"),
+        "{message}"
+    );
     // Complexity: many aliases of the deployments list.
-    let wide: String = (0..300).map(|i| format!("a{i}: getDeployments {{ id }} ")).collect();
+    let wide: String = (0..300)
+        .map(|i| format!("a{i}: getDeployments {{ id }} "))
+        .collect();
     let response = p.graphql(&format!("{{ {wide} }}"), json!({}), None).await;
-    assert!(response["errors"][0]["message"].as_str().unwrap().contains("complex"), "{response}");
+    assert!(
+        response["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("complex"),
+        "{response}"
+    );
     p.assert_serving().await;
 
     // Missing or wrong token on every mutation.
     let mutations = [
-        format!("mutation {{ createDeployment(deploymentUrl: \"{}\", gitBranch: \"main\") }}", repo.url()),
+        format!(
+            "mutation {{ createDeployment(deploymentUrl: \"{}\", gitBranch: \"main\") }}",
+            repo.url()
+        ),
         format!("mutation {{ pollRedeploy(deploymentId: \"{id}\") }}"),
         format!("mutation {{ cancelDeployment(deploymentId: \"{id}\") }}"),
         format!("mutation {{ deleteLog(logId: \"{id}\") }}"),
@@ -726,16 +1177,37 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     for mutation in &mutations {
         for token in [None, Some("wrong-token-0123456789"), Some("")] {
             let response = p.graphql(mutation, json!({}), token).await;
-            assert_eq!(response["errors"][0]["extensions"]["code"], "UNAUTHENTICATED", "{mutation} with {token:?}: {response}");
+            assert_eq!(
+                response["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+                "{mutation} with {token:?}: {response}"
+            );
             assert!(response["data"].is_null(), "{response}");
         }
     }
-    let response = p.graphql(&mutations[0], json!({}), Some("wrong-token-0123456789")).await;
-    assert!(response["errors"][0]["message"].as_str().unwrap().contains("wrong API token"));
-    let refused = p.http.delete(p.url(&format!("/log/{id}"))).send().await.unwrap();
+    let response = p
+        .graphql(&mutations[0], json!({}), Some("wrong-token-0123456789"))
+        .await;
+    assert!(
+        response["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("wrong API token")
+    );
+    let refused = p
+        .http
+        .delete(p.url(&format!("/log/{id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(refused.status(), 401);
     assert_eq!(refused.headers()["www-authenticate"], "Bearer");
-    let refused = p.http.delete(p.url(&format!("/log/{id}"))).bearer_auth("wrong-token-0123456789").send().await.unwrap();
+    let refused = p
+        .http
+        .delete(p.url(&format!("/log/{id}")))
+        .bearer_auth("wrong-token-0123456789")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(refused.status(), 401);
 
     // Malformed URLs and branches.
@@ -758,19 +1230,38 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
                 Some(TOKEN),
             )
             .await;
-        assert_eq!(code, "BAD_USER_INPUT", "createDeployment({url:?}, {branch:?})");
+        assert_eq!(
+            code, "BAD_USER_INPUT",
+            "createDeployment({url:?}, {branch:?})"
+        );
     }
     // Not GraphQL at all.
-    let response = p.http.post(p.url("/graphql")).header("content-type", "application/json").body("{nope").send().await.unwrap();
+    let response = p
+        .http
+        .post(p.url("/graphql"))
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 400);
-    let response = p.http.post(p.url("/graphql")).body("{ getPlatform { epoch } }").send().await.unwrap();
+    let response = p
+        .http
+        .post(p.url("/graphql"))
+        .body("{ getPlatform { epoch } }")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 415);
     assert_eq!(p.raw_status("GET", "/no/such/route", None).await, 404);
     p.assert_serving().await;
 
     // Nothing changed, in state or on disk.
     db.flush().await.unwrap();
-    assert_eq!(serde_json::to_string(&db.deployments()).unwrap(), state_before);
+    assert_eq!(
+        serde_json::to_string(&db.deployments()).unwrap(),
+        state_before
+    );
     assert_eq!(db.logs(&id, None).unwrap(), logs_before);
     let files_after = snapshot(&data_path);
     let changed: Vec<&String> = files_after
@@ -786,7 +1277,13 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_can_require_the_token_too() {
     let p = platform(0, ApiConfig::default().require_token_for_queries(true)).await;
-    let response = p.http.post(p.url("/graphql")).json(&json!({ "query": "{ getDeployments { id } }" })).send().await.unwrap();
+    let response = p
+        .http
+        .post(p.url("/graphql"))
+        .json(&json!({ "query": "{ getDeployments { id } }" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 401);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
@@ -794,8 +1291,19 @@ async fn queries_can_require_the_token_too() {
     assert_eq!(data["getDeployments"], json!([]));
     assert_eq!(p.get("/platform").await.status(), 401);
     assert_eq!(p.get("/metrics").await.status(), 401);
-    assert_eq!(p.get(&format!("/log/{}", DeploymentId::random())).await.status(), 401);
-    let platform = p.http.get(p.url("/platform")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(
+        p.get(&format!("/log/{}", DeploymentId::random()))
+            .await
+            .status(),
+        401
+    );
+    let platform = p
+        .http
+        .get(p.url("/platform"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(platform.status(), 200);
     // Liveness and health stay open.
     p.assert_serving().await;
@@ -803,7 +1311,9 @@ async fn queries_can_require_the_token_too() {
     // Websocket: refused at connection_init without the token, accepted with it.
     let refused = Ws::connect(&p, "graphql-transport-ws", json!({})).await;
     assert!(refused.is_err(), "a websocket without the token is refused");
-    let mut ws = Ws::connect(&p, "graphql-transport-ws", json!({ "token": TOKEN })).await.unwrap();
+    let mut ws = Ws::connect(&p, "graphql-transport-ws", json!({ "token": TOKEN }))
+        .await
+        .unwrap();
     ws.subscribe("q", "{ getPlatform { epoch } }").await;
     assert_eq!(ws.data("q").await.unwrap()["getPlatform"]["epoch"], 1);
     p.shutdown().await;

@@ -35,7 +35,10 @@ async fn three_workers() -> (Cluster, Vec<Arc<FakeRuntime>>) {
 }
 
 fn starts(fake: &FakeRuntime) -> usize {
-    fake.calls().iter().filter(|c| matches!(c, FakeCall::Start { .. })).count()
+    fake.calls()
+        .iter()
+        .filter(|c| matches!(c, FakeCall::Start { .. }))
+        .count()
 }
 
 fn app(name: &str) -> GitRepo {
@@ -47,17 +50,34 @@ async fn thirty_deployments_run_spread_over_the_workers() {
     let (cluster, fakes) = three_workers().await;
     let repos: Vec<GitRepo> = (0..3).map(|i| app(&format!("app-{i}"))).collect();
     let ids: Vec<_> = (0..30)
-        .map(|i| cluster.db.create_deployment(&repos[i % 3].url(), "main").unwrap().id)
+        .map(|i| {
+            cluster
+                .db
+                .create_deployment(&repos[i % 3].url(), "main")
+                .unwrap()
+                .id
+        })
         .collect();
     let mut per_node: HashMap<NodeId, usize> = HashMap::new();
     for id in &ids {
         let d = wait_status(&cluster.db, id, StatusKind::Running, LIMIT).await;
         let repo = repos.iter().find(|r| r.url() == d.source_url).unwrap();
-        assert_eq!(d.commit.as_deref(), Some(repo.head().as_str()), "deployed the branch head");
-        assert!(d.port.is_some() && d.url.is_some() && d.instance.is_some(), "running deployments report where: {d:?}");
+        assert_eq!(
+            d.commit.as_deref(),
+            Some(repo.head().as_str()),
+            "deployed the branch head"
+        );
+        assert!(
+            d.port.is_some() && d.url.is_some() && d.instance.is_some(),
+            "running deployments report where: {d:?}"
+        );
         *per_node.entry(d.node.clone().unwrap()).or_default() += 1;
     }
-    assert_eq!(per_node.len(), 3, "every worker got deployments: {per_node:?}");
+    assert_eq!(
+        per_node.len(),
+        3,
+        "every worker got deployments: {per_node:?}"
+    );
     for (node, count) in &per_node {
         assert_eq!(*count, 10, "{node} got {count} of 30: {per_node:?}");
     }
@@ -79,7 +99,11 @@ async fn redeploy_runs_the_new_commit_and_stops_the_old_instance() {
     let (cluster, fakes) = three_workers().await;
     let repo = app("web");
     let first = repo.head();
-    let id = cluster.db.create_deployment(&repo.url(), "main").unwrap().id;
+    let id = cluster
+        .db
+        .create_deployment(&repo.url(), "main")
+        .unwrap()
+        .id;
     let d = wait_status(&cluster.db, &id, StatusKind::Running, LIMIT).await;
     assert_eq!(d.commit.as_deref(), Some(first.as_str()));
     let old_instance = d.instance.clone().unwrap();
@@ -91,16 +115,30 @@ async fn redeploy_runs_the_new_commit_and_stops_the_old_instance() {
         d.status == DeploymentStatus::Running && d.history.len() > 8
     })
     .await;
-    assert_eq!(cluster.db.deployment(&id).unwrap().instance.as_ref(), Some(&old_instance));
+    assert_eq!(
+        cluster.db.deployment(&id).unwrap().instance.as_ref(),
+        Some(&old_instance)
+    );
 
     let second = repo.commit(&[("index.html", "v2")], "v2");
     cluster.db.request_redeploy(&id).unwrap();
-    wait_until(LIMIT, || cluster.db.deployment(&id).unwrap().commit.as_deref() == Some(second.as_str())).await;
+    wait_until(LIMIT, || {
+        cluster.db.deployment(&id).unwrap().commit.as_deref() == Some(second.as_str())
+    })
+    .await;
     let d = wait_status(&cluster.db, &id, StatusKind::Running, LIMIT).await;
     assert_eq!(d.generation, 2);
     assert_ne!(d.instance.as_ref(), Some(&old_instance));
-    let running: Vec<_> = fakes.iter().flat_map(|f| f.running()).filter(|i| i.deployment == id).collect();
-    assert_eq!(running.len(), 1, "the old instance was stopped: {running:?}");
+    let running: Vec<_> = fakes
+        .iter()
+        .flat_map(|f| f.running())
+        .filter(|i| i.deployment == id)
+        .collect();
+    assert_eq!(
+        running.len(),
+        1,
+        "the old instance was stopped: {running:?}"
+    );
     assert_eq!(running[0].generation, 2);
     cluster.shutdown().await;
 }
@@ -109,21 +147,31 @@ async fn redeploy_runs_the_new_commit_and_stops_the_old_instance() {
 async fn destroy_ends_in_destroyed_with_the_instance_gone() {
     let (cluster, fakes) = three_workers().await;
     let repo = app("gone");
-    let id = cluster.db.create_deployment(&repo.url(), "main").unwrap().id;
+    let id = cluster
+        .db
+        .create_deployment(&repo.url(), "main")
+        .unwrap()
+        .id;
     wait_status(&cluster.db, &id, StatusKind::Running, LIMIT).await;
     assert_eq!(fakes.iter().map(|f| f.running().len()).sum::<usize>(), 1);
     cluster.db.request_destroy(&id).unwrap();
     let d = wait_status(&cluster.db, &id, StatusKind::Destroyed, LIMIT).await;
     let path: Vec<StatusKind> = d.history.iter().map(|c| c.status.kind()).collect();
-    assert!(path.ends_with(&[
-        StatusKind::DestructionRequested,
-        StatusKind::DelegatingDestruction,
-        StatusKind::DestructionInProgress,
-        StatusKind::Destroyed
-    ]), "{path:?}");
+    assert!(
+        path.ends_with(&[
+            StatusKind::DestructionRequested,
+            StatusKind::DelegatingDestruction,
+            StatusKind::DestructionInProgress,
+            StatusKind::Destroyed
+        ]),
+        "{path:?}"
+    );
     assert_eq!(fakes.iter().map(|f| f.running().len()).sum::<usize>(), 0);
     // Destroying again is refused and changes nothing.
-    assert!(matches!(cluster.db.request_destroy(&id), Err(StateError::Transition(_))));
+    assert!(matches!(
+        cluster.db.request_destroy(&id),
+        Err(StateError::Transition(_))
+    ));
     cluster.shutdown().await;
 }
 
@@ -131,12 +179,24 @@ async fn destroy_ends_in_destroyed_with_the_instance_gone() {
 async fn a_stopped_worker_has_its_deployments_placed_on_the_others() {
     let (mut cluster, _fakes) = three_workers().await;
     let repo = app("moving");
-    let ids: Vec<_> = (0..6).map(|_| cluster.db.create_deployment(&repo.url(), "main").unwrap().id).collect();
+    let ids: Vec<_> = (0..6)
+        .map(|_| {
+            cluster
+                .db
+                .create_deployment(&repo.url(), "main")
+                .unwrap()
+                .id
+        })
+        .collect();
     for id in &ids {
         wait_status(&cluster.db, id, StatusKind::Running, LIMIT).await;
     }
     let lost = cluster.workers[0].id.clone();
-    let on_lost: Vec<_> = ids.iter().filter(|id| cluster.db.deployment(id).unwrap().node.as_ref() == Some(&lost)).cloned().collect();
+    let on_lost: Vec<_> = ids
+        .iter()
+        .filter(|id| cluster.db.deployment(id).unwrap().node.as_ref() == Some(&lost))
+        .cloned()
+        .collect();
     assert_eq!(on_lost.len(), 2);
     cluster.stop_worker(0).await;
     wait_until(LIMIT, || cluster.db.node(&lost).is_none()).await;
@@ -150,7 +210,10 @@ async fn a_stopped_worker_has_its_deployments_placed_on_the_others() {
         assert_eq!(d.generation, 2, "placed again as a new generation");
     }
     for id in &ids {
-        assert_ne!(cluster.db.deployment(id).unwrap().node.as_ref(), Some(&lost));
+        assert_ne!(
+            cluster.db.deployment(id).unwrap().node.as_ref(),
+            Some(&lost)
+        );
     }
     cluster.shutdown().await;
 }
@@ -159,9 +222,17 @@ async fn a_stopped_worker_has_its_deployments_placed_on_the_others() {
 async fn a_returning_worker_has_its_stale_instances_stopped() {
     let (mut cluster, fakes) = three_workers().await;
     let repo = app("stale");
-    let id = cluster.db.create_deployment(&repo.url(), "main").unwrap().id;
+    let id = cluster
+        .db
+        .create_deployment(&repo.url(), "main")
+        .unwrap()
+        .id;
     let d = wait_status(&cluster.db, &id, StatusKind::Running, LIMIT).await;
-    let first = cluster.workers.iter().position(|w| Some(&w.id) == d.node.as_ref()).unwrap();
+    let first = cluster
+        .workers
+        .iter()
+        .position(|w| Some(&w.id) == d.node.as_ref())
+        .unwrap();
     cluster.stop_worker(first).await;
     wait_until(LIMIT, || {
         let d = cluster.db.deployment(&id).unwrap();
@@ -175,7 +246,10 @@ async fn a_returning_worker_has_its_stale_instances_stopped() {
     wait_until(LIMIT, || fakes[first].running().is_empty()).await;
     let total: usize = fakes.iter().map(|f| f.running().len()).sum();
     assert_eq!(total, 1, "one instance in the whole cluster");
-    assert_eq!(cluster.db.deployment(&id).unwrap().status, DeploymentStatus::Running);
+    assert_eq!(
+        cluster.db.deployment(&id).unwrap().status,
+        DeploymentStatus::Running
+    );
     cluster.shutdown().await;
 }
 
@@ -183,7 +257,11 @@ async fn a_returning_worker_has_its_stale_instances_stopped() {
 async fn delivering_the_same_message_twice_changes_nothing() {
     let (cluster, fakes) = three_workers().await;
     let repo = app("twice");
-    let id = cluster.db.create_deployment(&repo.url(), "main").unwrap().id;
+    let id = cluster
+        .db
+        .create_deployment(&repo.url(), "main")
+        .unwrap()
+        .id;
     let d = wait_status(&cluster.db, &id, StatusKind::Running, LIMIT).await;
     let node = d.node.clone().unwrap();
     let transport: Arc<dyn Transport> = Arc::new(cluster.broker.transport());
@@ -226,10 +304,21 @@ async fn delivering_the_same_message_twice_changes_nothing() {
     let queue = wire::work_channel(&node);
     transport.send(&queue, &work).await.unwrap();
     transport.send(&queue, &work).await.unwrap();
-    wait_until(LIMIT, || fakes.iter().map(|f| starts(f)).sum::<usize>() > starts_before).await;
+    wait_until(LIMIT, || {
+        fakes.iter().map(|f| starts(f)).sum::<usize>() > starts_before
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(fakes.iter().map(|f| starts(f)).sum::<usize>(), starts_before + 1, "one start for two deliveries");
-    assert_eq!(cluster.db.deployment(&id).unwrap().history.len(), history, "the duplicate report was absorbed");
+    assert_eq!(
+        fakes.iter().map(|f| starts(f)).sum::<usize>(),
+        starts_before + 1,
+        "one start for two deliveries"
+    );
+    assert_eq!(
+        cluster.db.deployment(&id).unwrap().history.len(),
+        history,
+        "the duplicate report was absorbed"
+    );
     cluster.shutdown().await;
 }
 
@@ -238,22 +327,60 @@ async fn bad_sources_end_errored_with_a_reason_and_leave_others_alone() {
     let (cluster, _fakes) = three_workers().await;
     let good = app("good");
     let cases: Vec<(GitRepo, &str)> = vec![
-        (GitRepo::with_manifest("[app\nname = \"x\""), "shipwreck.toml"),
-        (GitRepo::with_manifest(&(manifest("x", 80, "true", &[]) + "\n[extra]\nfoo = 1\n")), "extra"),
-        (GitRepo::with_manifest(&manifest("x", 80, "true", &[]).replace("port = 80", "port = 70000")), "port"),
-        (GitRepo::with_files(&[("README.md", "no manifest")]), "shipwreck.toml"),
+        (
+            GitRepo::with_manifest("[app\nname = \"x\""),
+            "shipwreck.toml",
+        ),
+        (
+            GitRepo::with_manifest(&(manifest("x", 80, "true", &[]) + "\n[extra]\nfoo = 1\n")),
+            "extra",
+        ),
+        (
+            GitRepo::with_manifest(
+                &manifest("x", 80, "true", &[]).replace("port = 80", "port = 70000"),
+            ),
+            "port",
+        ),
+        (
+            GitRepo::with_files(&[("README.md", "no manifest")]),
+            "shipwreck.toml",
+        ),
     ];
-    let ok = cluster.db.create_deployment(&good.url(), "main").unwrap().id;
-    let mut ids: Vec<_> = cases.iter().map(|(r, _)| cluster.db.create_deployment(&r.url(), "main").unwrap().id).collect();
+    let ok = cluster
+        .db
+        .create_deployment(&good.url(), "main")
+        .unwrap()
+        .id;
+    let mut ids: Vec<_> = cases
+        .iter()
+        .map(|(r, _)| cluster.db.create_deployment(&r.url(), "main").unwrap().id)
+        .collect();
     let missing_repo = "file:///nonexistent/kraken/repository";
-    ids.push(cluster.db.create_deployment(missing_repo, "main").unwrap().id);
-    let missing_branch = cluster.db.create_deployment(&good.url(), "no-such-branch").unwrap().id;
+    ids.push(
+        cluster
+            .db
+            .create_deployment(missing_repo, "main")
+            .unwrap()
+            .id,
+    );
+    let missing_branch = cluster
+        .db
+        .create_deployment(&good.url(), "no-such-branch")
+        .unwrap()
+        .id;
     ids.push(missing_branch);
-    let expected: Vec<&str> = cases.iter().map(|(_, e)| *e).chain(["nonexistent", "no-such-branch"]).collect();
+    let expected: Vec<&str> = cases
+        .iter()
+        .map(|(_, e)| *e)
+        .chain(["nonexistent", "no-such-branch"])
+        .collect();
     for (id, needle) in ids.iter().zip(expected) {
         let d = wait_status(&cluster.db, id, StatusKind::Errored, LIMIT).await;
         let reason = d.status.error_reason().unwrap();
-        assert!(reason.contains(needle), "reason {reason:?} should mention {needle:?}");
+        assert!(
+            reason.contains(needle),
+            "reason {reason:?} should mention {needle:?}"
+        );
         assert!(d.node.is_none(), "a bad deployment is never placed");
     }
     wait_status(&cluster.db, &ok, StatusKind::Running, LIMIT).await;
@@ -261,9 +388,18 @@ async fn bad_sources_end_errored_with_a_reason_and_leave_others_alone() {
     // Option-looking URLs and branches are refused before anything is stored.
     let before = cluster.db.deployments().len();
     for (url, branch) in [
-        (good.url(), "--upload-pack=touch /tmp/kraken-pwned".to_owned()),
-        ("--upload-pack=touch /tmp/kraken-pwned".to_owned(), "main".to_owned()),
-        ("ext::sh -c touch% /tmp/kraken-pwned".to_owned(), "main".to_owned()),
+        (
+            good.url(),
+            "--upload-pack=touch /tmp/kraken-pwned".to_owned(),
+        ),
+        (
+            "--upload-pack=touch /tmp/kraken-pwned".to_owned(),
+            "main".to_owned(),
+        ),
+        (
+            "ext::sh -c touch% /tmp/kraken-pwned".to_owned(),
+            "main".to_owned(),
+        ),
     ] {
         let err = cluster.db.create_deployment(&url, &branch).unwrap_err();
         assert!(matches!(err, StateError::InvalidRequest(_)), "{err}");
@@ -301,11 +437,20 @@ async fn garbage_on_every_channel_is_rejected_and_consumers_keep_running() {
     }
     // Everything still works afterwards.
     let repo = app("after-garbage");
-    let id = cluster.db.create_deployment(&repo.url(), "main").unwrap().id;
+    let id = cluster
+        .db
+        .create_deployment(&repo.url(), "main")
+        .unwrap()
+        .id;
     wait_status(&cluster.db, &id, StatusKind::Running, LIMIT).await;
     for ch in &channels {
         if ch.kind == wire::ChannelKind::Queue {
-            assert_eq!(cluster.broker.depth(&ch.name), 0, "garbage on {} was consumed", ch.name);
+            assert_eq!(
+                cluster.broker.depth(&ch.name),
+                0,
+                "garbage on {} was consumed",
+                ch.name
+            );
         }
     }
     assert!(cluster.broker.dead_letters() >= (payloads.len() * (channels.len() - 1)) as u64);
@@ -315,18 +460,59 @@ async fn garbage_on_every_channel_is_rejected_and_consumers_keep_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_in_the_runtime_are_reported() {
     let (cluster, _fakes) = three_workers().await;
-    let build = GitRepo::with_manifest(&manifest("b", 80, "true", &[("FAKE_BUILD_ERROR", "compiler exploded")]));
-    let start = GitRepo::with_manifest(&manifest("s", 80, "true", &[("FAKE_START_ERROR", "port in use")]));
-    let exits = GitRepo::with_manifest(&manifest("e", 80, "true", &[("FAKE_EXIT_AFTER_MS", "300"), ("FAKE_EXIT_CODE", "3")]));
-    let b = cluster.db.create_deployment(&build.url(), "main").unwrap().id;
-    let s = cluster.db.create_deployment(&start.url(), "main").unwrap().id;
-    let e = cluster.db.create_deployment(&exits.url(), "main").unwrap().id;
-    for (id, needle) in [(&b, "compiler exploded"), (&s, "port in use"), (&e, "code 3")] {
+    let build = GitRepo::with_manifest(&manifest(
+        "b",
+        80,
+        "true",
+        &[("FAKE_BUILD_ERROR", "compiler exploded")],
+    ));
+    let start = GitRepo::with_manifest(&manifest(
+        "s",
+        80,
+        "true",
+        &[("FAKE_START_ERROR", "port in use")],
+    ));
+    let exits = GitRepo::with_manifest(&manifest(
+        "e",
+        80,
+        "true",
+        &[("FAKE_EXIT_AFTER_MS", "300"), ("FAKE_EXIT_CODE", "3")],
+    ));
+    let b = cluster
+        .db
+        .create_deployment(&build.url(), "main")
+        .unwrap()
+        .id;
+    let s = cluster
+        .db
+        .create_deployment(&start.url(), "main")
+        .unwrap()
+        .id;
+    let e = cluster
+        .db
+        .create_deployment(&exits.url(), "main")
+        .unwrap()
+        .id;
+    for (id, needle) in [
+        (&b, "compiler exploded"),
+        (&s, "port in use"),
+        (&e, "code 3"),
+    ] {
         let d = wait_status(&cluster.db, id, StatusKind::Errored, LIMIT).await;
-        assert!(d.status.error_reason().unwrap().contains(needle), "{:?}", d.status);
+        assert!(
+            d.status.error_reason().unwrap().contains(needle),
+            "{:?}",
+            d.status
+        );
     }
     let exited = cluster.db.deployment(&e).unwrap();
-    assert!(exited.history.iter().any(|c| c.status == DeploymentStatus::Running), "it ran before it exited");
+    assert!(
+        exited
+            .history
+            .iter()
+            .any(|c| c.status == DeploymentStatus::Running),
+        "it ran before it exited"
+    );
     // An errored deployment can be retried (and fails the same way here).
     cluster.db.request_redeploy(&b).unwrap();
     wait_until(LIMIT, || cluster.db.deployment(&b).unwrap().generation == 2).await;
@@ -338,14 +524,34 @@ async fn failures_in_the_runtime_are_reported() {
 async fn logs_reach_the_orchestrator() {
     let (cluster, _fakes) = three_workers().await;
     let repo = GitRepo::with_manifest(&manifest("chatty", 80, "true", &[("FAKE_LOG_LINES", "5")]));
-    let id = cluster.db.create_deployment(&repo.url(), "main").unwrap().id;
+    let id = cluster
+        .db
+        .create_deployment(&repo.url(), "main")
+        .unwrap()
+        .id;
     wait_status(&cluster.db, &id, StatusKind::Running, LIMIT).await;
     wait_until(LIMIT, || {
-        cluster.db.logs(&id, None).unwrap().iter().filter(|l| l.text.starts_with("line ")).count() >= 5
+        cluster
+            .db
+            .logs(&id, None)
+            .unwrap()
+            .iter()
+            .filter(|l| l.text.starts_with("line "))
+            .count()
+            >= 5
     })
     .await;
-    let text: Vec<String> = cluster.db.logs(&id, None).unwrap().into_iter().map(|l| l.text).collect();
-    assert!(text.iter().any(|t| t.contains("validated chatty")), "{text:?}");
+    let text: Vec<String> = cluster
+        .db
+        .logs(&id, None)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    assert!(
+        text.iter().any(|t| t.contains("validated chatty")),
+        "{text:?}"
+    );
     assert!(text.iter().any(|t| t.contains("running at")), "{text:?}");
     cluster.shutdown().await;
 }
@@ -356,7 +562,9 @@ async fn a_restarted_orchestrator_has_every_deployment_and_its_history_back() {
     let repo = app("durable");
     let fake = Arc::new(FakeRuntime::new());
     let (id, history) = {
-        let db = Database::open(data.path(), StateConfig::default()).await.unwrap();
+        let db = Database::open(data.path(), StateConfig::default())
+            .await
+            .unwrap();
         let mut cluster = Cluster::new(Arc::clone(&db));
         cluster.add_worker("worker-0", fake.clone() as Arc<dyn Runtime>);
         cluster.wait_nodes(1).await;
@@ -370,7 +578,12 @@ async fn a_restarted_orchestrator_has_every_deployment_and_its_history_back() {
     let d = db.deployment(&id).unwrap();
     assert_eq!(d.status, DeploymentStatus::Running);
     assert_eq!(d.history, history);
-    assert!(db.logs(&id, None).unwrap().iter().any(|l| l.text.contains("running at")));
+    assert!(
+        db.logs(&id, None)
+            .unwrap()
+            .iter()
+            .any(|l| l.text.contains("running at"))
+    );
     // And the platform carries on with it: the worker comes back, it stays Running, and a
     // destroy still works.
     let mut cluster = Cluster::new(Arc::clone(&db));

@@ -33,7 +33,11 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,15 +45,31 @@ async fn a_python_app_answers_http_and_destroy_frees_its_port() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let repo = GitRepo::with_files(&[
-        ("shipwreck.toml", &manifest("hello-py", port, "python3 -m http.server $PORT --bind 127.0.0.1", &[("GREETING", "hi")])),
+        (
+            "shipwreck.toml",
+            &manifest(
+                "hello-py",
+                port,
+                "python3 -m http.server $PORT --bind 127.0.0.1",
+                &[("GREETING", "hi")],
+            ),
+        ),
         ("index.html", "<h1>hello from kraken</h1>\n"),
     ]);
-    let db = Database::open(&data.path().join("orchestrator"), StateConfig::default()).await.unwrap();
+    let db = Database::open(&data.path().join("orchestrator"), StateConfig::default())
+        .await
+        .unwrap();
     let agent = Agent::builder(NodeId::random())
         .transport(Arc::new(MemoryBroker::default().transport()))
         .runtime(Arc::new(ProcessRuntime::new(data.path().join("runtime"))))
-        .config(NodeConfig { data_dir: Some(data.path().to_path_buf()), address: "127.0.0.1".into() })
-        .executor(OrchestrationExecutor::new(Arc::clone(&db), orchestrator_config()))
+        .config(NodeConfig {
+            data_dir: Some(data.path().to_path_buf()),
+            address: "127.0.0.1".into(),
+        })
+        .executor(OrchestrationExecutor::new(
+            Arc::clone(&db),
+            orchestrator_config(),
+        ))
         .executor(WorkerExecutor::new(worker_config()))
         .build()
         .unwrap()
@@ -57,8 +77,15 @@ async fn a_python_app_answers_http_and_destroy_frees_its_port() {
 
     let id = db.create_deployment(&repo.url(), "main").unwrap().id;
     let d = wait_status(&db, &id, StatusKind::Running, Duration::from_secs(30)).await;
-    assert_eq!(d.port, Some(port), "the manifest port was free, so it is used");
-    assert_eq!(d.url.as_deref(), Some(format!("http://127.0.0.1:{port}/").as_str()));
+    assert_eq!(
+        d.port,
+        Some(port),
+        "the manifest port was free, so it is used"
+    );
+    assert_eq!(
+        d.url.as_deref(),
+        Some(format!("http://127.0.0.1:{port}/").as_str())
+    );
     let mut body = None;
     wait_until(Duration::from_secs(15), || {
         body = http_get(port, "/index.html");
@@ -70,13 +97,22 @@ async fn a_python_app_answers_http_and_destroy_frees_its_port() {
     assert!(body.contains("hello from kraken"), "{body}");
     // The app's own output reaches the deployment log (http.server logs requests on stderr).
     wait_until(Duration::from_secs(15), || {
-        db.logs(&id, None).unwrap().iter().any(|l| l.text.contains("GET /index.html"))
+        db.logs(&id, None)
+            .unwrap()
+            .iter()
+            .any(|l| l.text.contains("GET /index.html"))
     })
     .await;
 
     db.request_destroy(&id).unwrap();
     wait_status(&db, &id, StatusKind::Destroyed, Duration::from_secs(30)).await;
-    wait_until(Duration::from_secs(10), || TcpListener::bind(("127.0.0.1", port)).is_ok()).await;
-    assert!(http_get(port, "/").is_none(), "nothing answers on the port any more");
+    wait_until(Duration::from_secs(10), || {
+        TcpListener::bind(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    assert!(
+        http_get(port, "/").is_none(),
+        "nothing answers on the port any more"
+    );
     agent.shutdown().await.unwrap();
 }

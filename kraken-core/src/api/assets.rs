@@ -42,7 +42,8 @@ pub(crate) async fn serve(method: Method, uri: Uri) -> Response {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         return response;
     }
-    let body = serde_json::json!({ "error": format!("no route {method} {path}"), "code": "NOT_FOUND" });
+    let body =
+        serde_json::json!({ "error": format!("no route {method} {path}"), "code": "NOT_FOUND" });
     (StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
@@ -54,7 +55,10 @@ mod tests {
     #[test]
     fn the_ui_has_an_index_and_the_openapi_document_parses() {
         assert!(UI.iter().any(|(name, _)| *name == "/index.html"));
-        assert!(UI.iter().all(|(name, _)| name.starts_with('/') && !name.contains("..")));
+        assert!(
+            UI.iter()
+                .all(|(name, _)| name.starts_with('/') && !name.contains(".."))
+        );
         let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
         assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
         assert_eq!(content_type("/a/b.css"), "text/css; charset=utf-8");

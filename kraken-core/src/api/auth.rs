@@ -43,7 +43,9 @@ impl ApiToken {
             return Err(ApiError::InvalidToken("a token has at most 512 characters"));
         }
         if !text.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(ApiError::InvalidToken("a token is made of visible ASCII characters, without spaces"));
+            return Err(ApiError::InvalidToken(
+                "a token is made of visible ASCII characters, without spaces",
+            ));
         }
         Ok(ApiToken(text.into()))
     }
@@ -55,7 +57,10 @@ impl ApiToken {
         let file = path.clone();
         tokio::task::spawn_blocking(move || load_or_create(&file))
             .await
-            .map_err(|e| ApiError::TokenFile { path, reason: e.to_string() })?
+            .map_err(|e| ApiError::TokenFile {
+                path,
+                reason: e.to_string(),
+            })?
     }
 
     /// The token's text.
@@ -70,7 +75,10 @@ impl ApiToken {
 }
 
 fn token_error(path: &Path, err: impl fmt::Display) -> ApiError {
-    ApiError::TokenFile { path: path.to_path_buf(), reason: err.to_string() }
+    ApiError::TokenFile {
+        path: path.to_path_buf(),
+        reason: err.to_string(),
+    }
 }
 
 fn load_or_create(path: &Path) -> Result<ApiToken, ApiError> {
@@ -86,7 +94,9 @@ fn load_or_create(path: &Path) -> Result<ApiToken, ApiError> {
             Ok(token)
         }
         // Another process wrote it first: use theirs.
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => read_token(path).map_err(|e| token_error(path, e)),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            read_token(path).map_err(|e| token_error(path, e))
+        }
         Err(err) => Err(token_error(path, err)),
     }
 }
@@ -94,7 +104,8 @@ fn load_or_create(path: &Path) -> Result<ApiToken, ApiError> {
 fn read_token(path: &Path) -> std::io::Result<ApiToken> {
     let text = std::fs::read_to_string(path)?;
     make_private(path)?;
-    ApiToken::new(text.trim()).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+    ApiToken::new(text.trim())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
 }
 
 #[cfg(unix)]
@@ -134,7 +145,10 @@ fn constant_time_eq(expected: &[u8], candidate: &[u8]) -> bool {
     if expected.len() != candidate.len() {
         return false;
     }
-    let diff = expected.iter().zip(candidate).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    let diff = expected
+        .iter()
+        .zip(candidate)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
     std::hint::black_box(diff) == 0
 }
 
@@ -173,7 +187,9 @@ impl Caller {
     pub(crate) fn refusal(self) -> &'static str {
         match self {
             Caller::WrongToken => "wrong API token",
-            _ => "missing API token: send `Authorization: Bearer <token>` (the token is printed by `kraken up` and kept in <data dir>/api-token)",
+            _ => {
+                "missing API token: send `Authorization: Bearer <token>` (the token is printed by `kraken up` and kept in <data dir>/api-token)"
+            }
         }
     }
 }
@@ -206,7 +222,11 @@ mod tests {
         assert_eq!(a.as_str().len(), 64);
         assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
-        assert_eq!(format!("{a:?}"), "ApiToken(..)", "Debug does not show the secret");
+        assert_eq!(
+            format!("{a:?}"),
+            "ApiToken(..)",
+            "Debug does not show the secret"
+        );
     }
 
     #[test]
@@ -227,9 +247,15 @@ mod tests {
         let mut headers = HeaderMap::new();
         assert_eq!(Caller::from_headers(&token, &headers), Caller::Anonymous);
         headers.insert(AUTHORIZATION, "Bearer 0123456789abcdef".parse().unwrap());
-        assert_eq!(Caller::from_headers(&token, &headers), Caller::Authenticated);
+        assert_eq!(
+            Caller::from_headers(&token, &headers),
+            Caller::Authenticated
+        );
         headers.insert(AUTHORIZATION, "bearer  0123456789abcdef ".parse().unwrap());
-        assert_eq!(Caller::from_headers(&token, &headers), Caller::Authenticated);
+        assert_eq!(
+            Caller::from_headers(&token, &headers),
+            Caller::Authenticated
+        );
         headers.insert(AUTHORIZATION, "Basic 0123456789abcdef".parse().unwrap());
         assert_eq!(Caller::from_headers(&token, &headers), Caller::WrongToken);
         headers.insert(AUTHORIZATION, "Bearer nope".parse().unwrap());
@@ -254,6 +280,9 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600, "made private again");
         }
         std::fs::write(token_path(dir.path()), "bad\n").unwrap();
-        assert!(ApiToken::load_or_create(dir.path()).await.is_err(), "a corrupt file is an error, not replaced");
+        assert!(
+            ApiToken::load_or_create(dir.path()).await.is_err(),
+            "a corrupt file is an error, not replaced"
+        );
     }
 }

@@ -18,7 +18,10 @@ use crate::model::{
 };
 use crate::state::{StateError, StateEvent};
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
-use async_graphql::{BatchRequest, Context, Data, Error, ErrorExtensions, Guard, Object, Result, Schema, Subscription};
+use async_graphql::{
+    BatchRequest, Context, Data, Error, ErrorExtensions, Guard, Object, Result, Schema,
+    Subscription,
+};
 use async_graphql_axum::{GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, Request, State, WebSocketUpgrade};
@@ -50,7 +53,9 @@ pub(crate) fn schema(core: &Arc<Core>) -> KrakenSchema {
 
 /// The schema in GraphQL SDL (for documentation and client code generation).
 pub fn sdl() -> String {
-    Schema::build(Query, Mutation, SubscriptionRoot).finish().sdl()
+    Schema::build(Query, Mutation, SubscriptionRoot)
+        .finish()
+        .sdl()
 }
 
 pub(crate) fn routes(core: &Arc<Core>) -> Router<Arc<Core>> {
@@ -97,8 +102,15 @@ struct TokenRequired;
 
 impl Guard for TokenRequired {
     async fn check(&self, ctx: &Context<'_>) -> Result<()> {
-        let caller = ctx.data_opt::<Caller>().copied().unwrap_or(Caller::Anonymous);
-        if caller.is_authenticated() { Ok(()) } else { Err(coded("UNAUTHENTICATED", caller.refusal())) }
+        let caller = ctx
+            .data_opt::<Caller>()
+            .copied()
+            .unwrap_or(Caller::Anonymous);
+        if caller.is_authenticated() {
+            Ok(())
+        } else {
+            Err(coded("UNAUTHENTICATED", caller.refusal()))
+        }
     }
 }
 
@@ -259,7 +271,13 @@ impl DeploymentObject {
             .stats
             .and_then(|s| s.mem_limit_bytes)
             .map(|b| b as f64 / MIB)
-            .or_else(|| self.d.manifest.as_ref().and_then(|m| m.resources.memory_mb).map(|mb| mb as f64))
+            .or_else(|| {
+                self.d
+                    .manifest
+                    .as_ref()
+                    .and_then(|m| m.resources.memory_mb)
+                    .map(|mb| mb as f64)
+            })
     }
     /// CPU use in percent of one core.
     async fn cpu_usage(&self) -> Option<f64> {
@@ -267,7 +285,12 @@ impl DeploymentObject {
     }
     /// Every status entered, oldest first.
     async fn status_history(&self) -> Vec<StatusChangeObject> {
-        self.d.history.iter().cloned().map(StatusChangeObject).collect()
+        self.d
+            .history
+            .iter()
+            .cloned()
+            .map(StatusChangeObject)
+            .collect()
     }
     /// The URL the running app answers on.
     async fn results_url(&self) -> Option<&str> {
@@ -307,14 +330,26 @@ impl DeploymentObject {
     }
     /// The newest `tail` lines of its log (default 100).
     #[graphql(complexity = "5 * child_complexity")]
-    async fn logs(&self, ctx: &Context<'_>, #[graphql(default = 100)] tail: usize) -> Result<Vec<LogLineObject>> {
-        let lines = core(ctx)?.db.logs(&self.d.id, Some(tail)).unwrap_or_default();
+    async fn logs(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 100)] tail: usize,
+    ) -> Result<Vec<LogLineObject>> {
+        let lines = core(ctx)?
+            .db
+            .logs(&self.d.id, Some(tail))
+            .unwrap_or_default();
         Ok(lines.into_iter().map(LogLineObject).collect())
     }
     /// The node it is placed on.
     async fn placed_on(&self, ctx: &Context<'_>) -> Result<Option<NodeObject>> {
         let core = core(ctx)?;
-        Ok(self.d.node.as_ref().and_then(|n| core.db.node(n)).map(|n| NodeObject::new(core, n)))
+        Ok(self
+            .d
+            .node
+            .as_ref()
+            .and_then(|n| core.db.node(n))
+            .map(|n| NodeObject::new(core, n)))
     }
 }
 
@@ -386,7 +421,11 @@ impl NodeObject {
     }
     /// Ids of the deployments placed on it.
     async fn deployments(&self) -> Vec<&str> {
-        self.n.deployments.iter().map(DeploymentId::as_str).collect()
+        self.n
+            .deployments
+            .iter()
+            .map(DeploymentId::as_str)
+            .collect()
     }
     /// Host name.
     async fn hostname(&self) -> &str {
@@ -420,7 +459,13 @@ impl NodeObject {
     #[graphql(complexity = "10 * child_complexity")]
     async fn deployment_details(&self, ctx: &Context<'_>) -> Result<Vec<DeploymentObject>> {
         let core = core(ctx)?;
-        Ok(self.n.deployments.iter().filter_map(|id| core.db.deployment(id)).map(DeploymentObject::new).collect())
+        Ok(self
+            .n
+            .deployments
+            .iter()
+            .filter_map(|id| core.db.deployment(id))
+            .map(DeploymentObject::new)
+            .collect())
     }
 }
 
@@ -479,29 +524,50 @@ pub(crate) struct Query;
 #[Object]
 impl Query {
     /// One deployment.
-    async fn get_deployment(&self, ctx: &Context<'_>, deployment_id: String) -> Result<DeploymentObject> {
+    async fn get_deployment(
+        &self,
+        ctx: &Context<'_>,
+        deployment_id: String,
+    ) -> Result<DeploymentObject> {
         let id = parse_deployment(&deployment_id)?;
-        core(ctx)?.db.deployment(&id).map(DeploymentObject::new).ok_or_else(|| unknown_deployment(&id))
+        core(ctx)?
+            .db
+            .deployment(&id)
+            .map(DeploymentObject::new)
+            .ok_or_else(|| unknown_deployment(&id))
     }
 
     /// Every deployment, oldest id first.
     #[graphql(complexity = "10 * child_complexity")]
     async fn get_deployments(&self, ctx: &Context<'_>) -> Result<Vec<DeploymentObject>> {
-        Ok(core(ctx)?.db.deployments().into_iter().map(DeploymentObject::new).collect())
+        Ok(core(ctx)?
+            .db
+            .deployments()
+            .into_iter()
+            .map(DeploymentObject::new)
+            .collect())
     }
 
     /// One node.
     async fn get_node(&self, ctx: &Context<'_>, node_id: String) -> Result<NodeObject> {
         let id = parse_node(&node_id)?;
         let core = core(ctx)?;
-        core.db.node(&id).map(|n| NodeObject::new(core, n)).ok_or_else(|| coded("NOT_FOUND", format!("no node {id}")))
+        core.db
+            .node(&id)
+            .map(|n| NodeObject::new(core, n))
+            .ok_or_else(|| coded("NOT_FOUND", format!("no node {id}")))
     }
 
     /// Every node.
     #[graphql(complexity = "10 * child_complexity")]
     async fn get_nodes(&self, ctx: &Context<'_>) -> Result<Vec<NodeObject>> {
         let core = core(ctx)?;
-        Ok(core.db.nodes().into_iter().map(|n| NodeObject::new(core, n)).collect())
+        Ok(core
+            .db
+            .nodes()
+            .into_iter()
+            .map(|n| NodeObject::new(core, n))
+            .collect())
     }
 
     /// Who leads the platform.
@@ -511,12 +577,21 @@ impl Query {
 
     /// Ids of the deployments that have a log.
     async fn get_available_logs(&self, ctx: &Context<'_>) -> Result<Vec<String>> {
-        Ok(core(ctx)?.db.log_ids().into_iter().map(|id| id.to_string()).collect())
+        Ok(core(ctx)?
+            .db
+            .log_ids()
+            .into_iter()
+            .map(|id| id.to_string())
+            .collect())
     }
 
     /// The platform's services: this API, the transport (with its broker URL), the runtime.
     async fn get_platform_services(&self, ctx: &Context<'_>) -> Result<Vec<ServiceObject>> {
-        Ok(core(ctx)?.services().into_iter().map(ServiceObject).collect())
+        Ok(core(ctx)?
+            .services()
+            .into_iter()
+            .map(ServiceObject)
+            .collect())
     }
 }
 
@@ -528,8 +603,16 @@ impl Mutation {
     /// Deploys `gitBranch` of the repository at `deploymentUrl`; returns the new deployment's
     /// id. The URL and branch are checked first.
     #[graphql(guard = "TokenRequired")]
-    async fn create_deployment(&self, ctx: &Context<'_>, deployment_url: String, git_branch: String) -> Result<String> {
-        let d = core(ctx)?.db.create_deployment(&deployment_url, &git_branch).map_err(state_error)?;
+    async fn create_deployment(
+        &self,
+        ctx: &Context<'_>,
+        deployment_url: String,
+        git_branch: String,
+    ) -> Result<String> {
+        let d = core(ctx)?
+            .db
+            .create_deployment(&deployment_url, &git_branch)
+            .map_err(state_error)?;
         tracing::info!(deployment = %d.id, branch = %git_branch, "deployment requested through the API");
         Ok(d.id.to_string())
     }
@@ -586,7 +669,11 @@ impl Mutation {
 pub(crate) struct SubscriptionRoot;
 
 /// Holds a stream permit and ends with the server.
-fn bounded<S: Stream + Send + 'static>(core: &Core, permit: OwnedSemaphorePermit, stream: S) -> impl Stream<Item = S::Item> + use<S> {
+fn bounded<S: Stream + Send + 'static>(
+    core: &Core,
+    permit: OwnedSemaphorePermit,
+    stream: S,
+) -> impl Stream<Item = S::Item> + use<S> {
     stream
         .map(move |item| {
             let _held = &permit;
@@ -598,7 +685,13 @@ fn bounded<S: Stream + Send + 'static>(core: &Core, permit: OwnedSemaphorePermit
 
 fn permit(core: &Core) -> Result<OwnedSemaphorePermit> {
     Arc::clone(&core.streams).try_acquire_owned().map_err(|_| {
-        coded("RESOURCE_EXHAUSTED", format!("too many open streams ({}); try again later", core.config.max_streams))
+        coded(
+            "RESOURCE_EXHAUSTED",
+            format!(
+                "too many open streams ({}); try again later",
+                core.config.max_streams
+            ),
+        )
     })
 }
 
@@ -630,8 +723,12 @@ impl SubscriptionRoot {
                 }
                 loop {
                     match events.recv().await {
-                        Ok(StateEvent::Deployment { id, status, .. }) if only.as_ref().is_none_or(|o| *o == id) => {
-                            let Some(d) = db.deployment(&id) else { continue };
+                        Ok(StateEvent::Deployment { id, status, .. })
+                            if only.as_ref().is_none_or(|o| *o == id) =>
+                        {
+                            let Some(d) = db.deployment(&id) else {
+                                continue;
+                            };
                             let last = only.is_some() && status.kind() == StatusKind::Destroyed;
                             return Some((DeploymentObject { d, status }, (events, last)));
                         }
@@ -658,12 +755,17 @@ impl SubscriptionRoot {
         let core = Arc::clone(core(ctx)?);
         let id = parse_deployment(&deployment_id)?;
         let permit = permit(&core)?;
-        let (head, events) = core.db.logs_and_subscribe(&id, Some(tail)).ok_or_else(|| unknown_deployment(&id))?;
+        let (head, events) = core
+            .db
+            .logs_and_subscribe(&id, Some(tail))
+            .ok_or_else(|| unknown_deployment(&id))?;
         let head = futures::stream::iter(head);
         let rest = futures::stream::unfold((events, id), |(mut events, id)| async move {
             loop {
                 match events.recv().await {
-                    Ok(StateEvent::Log { id: of, lines }) if of == id => return Some((lines, (events, id))),
+                    Ok(StateEvent::Log { id: of, lines }) if of == id => {
+                        return Some((lines, (events, id)));
+                    }
                     Ok(StateEvent::Deployment { id: of, status, .. })
                         if of == id && status.kind() == StatusKind::Destroyed =>
                     {
@@ -685,16 +787,25 @@ impl SubscriptionRoot {
 // ----- HTTP -----
 
 fn graphql_error(status: StatusCode, code: &'static str, message: &str) -> Response {
-    let body = serde_json::json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
+    let body =
+        serde_json::json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
     let mut response = (status, axum::Json(body)).into_response();
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/graphql-response+json"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/graphql-response+json"),
+    );
     response
 }
 
 /// The refusal of a request without the token when queries need it too.
 fn refuse_closed(core: &Core, caller: Caller) -> Option<Response> {
-    (core.config.require_token_for_queries && !caller.is_authenticated())
-        .then(|| graphql_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", caller.refusal()))
+    (core.config.require_token_for_queries && !caller.is_authenticated()).then(|| {
+        graphql_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            caller.refusal(),
+        )
+    })
 }
 
 /// Reads a request body of at most `limit` bytes. A larger one is read on and dropped (up
@@ -702,7 +813,11 @@ fn refuse_closed(core: &Core, caller: Caller) -> Option<Response> {
 /// answer instead of a reset connection.
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
     let too_large = || {
-        graphql_error(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", &format!("the body is larger than {limit} bytes"))
+        graphql_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            &format!("the body is larger than {limit} bytes"),
+        )
     };
     let mut stream = body.into_data_stream();
     let mut buffer = Vec::new();
@@ -710,7 +825,15 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
     while let Some(chunk) = stream.next().await {
         let Ok(chunk) = chunk else {
             // Over the hard limit or the client went away.
-            return Err(if total > limit { too_large() } else { graphql_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", "the body could not be read") });
+            return Err(if total > limit {
+                too_large()
+            } else {
+                graphql_error(
+                    StatusCode::BAD_REQUEST,
+                    "BAD_REQUEST",
+                    "the body could not be read",
+                )
+            });
         };
         total = total.saturating_add(chunk.len());
         if total <= limit {
@@ -719,7 +842,11 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
             buffer = Vec::new();
         }
     }
-    if total > limit { Err(too_large()) } else { Ok(Bytes::from(buffer)) }
+    if total > limit {
+        Err(too_large())
+    } else {
+        Ok(Bytes::from(buffer))
+    }
 }
 
 async fn graphql_post(
@@ -735,7 +862,11 @@ async fn graphql_post(
     let json = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
     if !json {
         return graphql_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -750,7 +881,11 @@ async fn graphql_post(
     let batch: BatchRequest = match serde_json::from_slice(&body) {
         Ok(batch) => batch,
         Err(err) => {
-            return graphql_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", &format!("not a GraphQL request: {err}"));
+            return graphql_error(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                &format!("not a GraphQL request: {err}"),
+            );
         }
     };
     if let BatchRequest::Batch(requests) = &batch
@@ -778,7 +913,11 @@ async fn graphql_get(
     let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &()).await {
         Ok(protocol) => protocol,
         Err(status) => {
-            return (status, "use the graphql-transport-ws or graphql-ws websocket subprotocol").into_response();
+            return (
+                status,
+                "use the graphql-transport-ws or graphql-ws websocket subprotocol",
+            )
+                .into_response();
         }
     };
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
@@ -787,8 +926,11 @@ async fn graphql_get(
     };
     let header_caller = Caller::from_headers(&core.token, &parts.headers);
     let limit = core.config.body_limit;
-    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).max_message_size(limit).max_frame_size(limit).on_upgrade(
-        move |socket| async move {
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| async move {
             let (sink, stream) = socket.split();
             let stop = core.stop.clone();
             let token = core.token.clone();
@@ -811,8 +953,7 @@ async fn graphql_get(
                 () = connection => {}
                 () = stop.cancelled() => {}
             }
-        },
-    )
+        })
 }
 
 /// The token in a `connection_init` payload: `{"Authorization": "Bearer t"}` or
@@ -833,7 +974,13 @@ fn init_token(payload: &serde_json::Value) -> Option<&str> {
 }
 
 async fn graphiql() -> Html<String> {
-    Html(GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql").title("Kraken GraphiQL").finish())
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql")
+            .title("Kraken GraphiQL")
+            .finish(),
+    )
 }
 
 #[cfg(test)]

@@ -19,7 +19,9 @@ pub(crate) const RECONCILE_SECONDS: &str = "kraken_reconcile_duration_seconds";
 /// Counter of transport messages the orchestrator handled, by message type.
 pub(crate) const MESSAGES_HANDLED: &str = "kraken_messages_handled_total";
 
-const RECONCILE_BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+const RECONCILE_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 
 /// How often recorded histogram samples are folded into their buckets.
 const UPKEEP: Duration = Duration::from_secs(5);
@@ -72,19 +74,32 @@ pub(crate) fn install(stop: tokio_util::sync::CancellationToken) {
 pub(crate) fn render(core: &Core) -> String {
     let mut out = String::new();
     let counts = core.db.count_by_status();
-    out.push_str("# HELP kraken_deployments Deployments by status.\n# TYPE kraken_deployments gauge\n");
+    out.push_str(
+        "# HELP kraken_deployments Deployments by status.\n# TYPE kraken_deployments gauge\n",
+    );
     for kind in StatusKind::ALL {
         let n = counts.get(&kind).copied().unwrap_or(0);
-        let _ = writeln!(out, "kraken_deployments{{status=\"{}\"}} {n}", kind.as_str());
+        let _ = writeln!(
+            out,
+            "kraken_deployments{{status=\"{}\"}} {n}",
+            kind.as_str()
+        );
     }
     let nodes = core.db.nodes().len();
-    let _ = writeln!(out, "# HELP kraken_nodes Nodes the orchestrator knows.\n# TYPE kraken_nodes gauge\nkraken_nodes {nodes}");
+    let _ = writeln!(
+        out,
+        "# HELP kraken_nodes Nodes the orchestrator knows.\n# TYPE kraken_nodes gauge\nkraken_nodes {nodes}"
+    );
     let _ = writeln!(
         out,
         "# HELP kraken_orchestrator_epoch The orchestrator epoch.\n# TYPE kraken_orchestrator_epoch gauge\nkraken_orchestrator_epoch {}",
         core.db.epoch()
     );
-    let streams = core.config.max_streams.max(1).saturating_sub(core.streams.available_permits());
+    let streams = core
+        .config
+        .max_streams
+        .max(1)
+        .saturating_sub(core.streams.available_permits());
     let _ = writeln!(
         out,
         "# HELP kraken_api_open_streams Log follows and subscriptions open.\n# TYPE kraken_api_open_streams gauge\nkraken_api_open_streams {streams}"

@@ -229,7 +229,12 @@ impl ApiState {
             Some(token) => token.clone(),
             None => ApiToken::generate()?,
         };
-        Ok(ApiState { db, config, token, node: NodeFacts::default() })
+        Ok(ApiState {
+            db,
+            config,
+            token,
+            node: NodeFacts::default(),
+        })
     }
 
     /// Takes the platform info, runtime and transport names from the node this API runs on.
@@ -317,7 +322,11 @@ impl Core {
             });
         }
         if let Some(runtime) = self.node.runtime {
-            services.push(ServiceView { name: "runtime".into(), kind: runtime.into(), address: None });
+            services.push(ServiceView {
+                name: "runtime".into(),
+                kind: runtime.into(),
+                address: None,
+            });
         }
         services
     }
@@ -368,7 +377,11 @@ pub async fn serve(
 /// `<data dir>/api-token`), binds `config.bind`, serves in a task of the node that ends when
 /// the node shuts down. Returns the address to announce (`host:port`, with the node's
 /// address in place of an unspecified bind address).
-pub async fn start(config: ApiConfig, db: Arc<Database>, ctx: &NodeContext) -> Result<String, ApiError> {
+pub async fn start(
+    config: ApiConfig,
+    db: Arc<Database>,
+    ctx: &NodeContext,
+) -> Result<String, ApiError> {
     let token = match (&config.token, &ctx.config.data_dir) {
         (Some(token), _) => token.clone(),
         (None, Some(dir)) => ApiToken::load_or_create(dir).await?,
@@ -378,11 +391,17 @@ pub async fn start(config: ApiConfig, db: Arc<Database>, ctx: &NodeContext) -> R
         }
     };
     let bind = config.bind;
-    let listener = TcpListener::bind(bind).await.map_err(|source| ApiError::Bind { addr: bind, source })?;
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|source| ApiError::Bind { addr: bind, source })?;
     let local = listener.local_addr().map_err(ApiError::Serve)?;
     let advertised = if local.ip().is_unspecified() {
         let host = &ctx.config.address;
-        if host.contains(':') { format!("[{host}]:{}", local.port()) } else { format!("{host}:{}", local.port()) }
+        if host.contains(':') {
+            format!("[{host}]:{}", local.port())
+        } else {
+            format!("{host}:{}", local.port())
+        }
     } else {
         local.to_string()
     };
@@ -410,6 +429,9 @@ fn app(core: Arc<Core>) -> Router {
         .with_state(core)
         .layer(DefaultBodyLimit::max(limit))
         .layer(RequestBodyLimitLayer::new(DRAIN_LIMIT.max(limit)))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
         .layer(TraceLayer::new_for_http())
 }

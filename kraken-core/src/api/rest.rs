@@ -17,8 +17,8 @@ use axum::routing::get;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use tokio::sync::{OwnedSemaphorePermit, broadcast};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{OwnedSemaphorePermit, broadcast};
 
 /// Why a REST request was refused. Answered as JSON `{"error": "...", "code": "..."}`.
 #[derive(Debug, thiserror::Error)]
@@ -55,15 +55,28 @@ struct ErrorBody {
 impl IntoResponse for RestError {
     fn into_response(self) -> Response {
         let (status, code) = match &self {
-            RestError::BadId(_) | RestError::BadQuery(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
-            RestError::UnknownDeployment(_) | RestError::UnknownNode(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            RestError::BadId(_) | RestError::BadQuery(_) => {
+                (StatusCode::BAD_REQUEST, "BAD_REQUEST")
+            }
+            RestError::UnknownDeployment(_) | RestError::UnknownNode(_) => {
+                (StatusCode::NOT_FOUND, "NOT_FOUND")
+            }
             RestError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
             RestError::TooManyStreams(_) => (StatusCode::SERVICE_UNAVAILABLE, "TOO_MANY_STREAMS"),
             RestError::State(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
         };
-        let mut response = (status, Json(ErrorBody { error: self.to_string(), code })).into_response();
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+                code,
+            }),
+        )
+            .into_response();
         if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -86,7 +99,11 @@ fn check_read(core: &Core, headers: &HeaderMap) -> Result<(), RestError> {
         return Ok(());
     }
     let caller = Caller::from_headers(&core.token, headers);
-    if caller.is_authenticated() { Ok(()) } else { Err(RestError::Unauthorized(caller.refusal())) }
+    if caller.is_authenticated() {
+        Ok(())
+    } else {
+        Err(RestError::Unauthorized(caller.refusal()))
+    }
 }
 
 #[derive(Serialize)]
@@ -99,7 +116,10 @@ struct Health {
     epoch: u64,
 }
 
-async fn health(State(core): State<Arc<Core>>, Path(raw): Path<String>) -> Result<Json<Health>, RestError> {
+async fn health(
+    State(core): State<Arc<Core>>,
+    Path(raw): Path<String>,
+) -> Result<Json<Health>, RestError> {
     let id = NodeId::parse(&raw)?;
     let is_orchestrator = core.platform().orchestrator.as_deref() == Some(id.as_str());
     let rank = match core.db.node(&id) {
@@ -114,7 +134,12 @@ async fn health(State(core): State<Arc<Core>>, Path(raw): Path<String>) -> Resul
         Some(_) => "observer",
         None => "worker",
     };
-    Ok(Json(Health { node: id.to_string(), rank, role, epoch: core.db.epoch() }))
+    Ok(Json(Health {
+        node: id.to_string(),
+        rank,
+        role,
+        epoch: core.db.epoch(),
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,9 +172,15 @@ fn format_lines(lines: &[LogLine]) -> String {
 fn text_response(body: Body) -> Response {
     let mut response = Response::new(body);
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     response
 }
 
@@ -163,26 +194,41 @@ async fn log(
     let id = DeploymentId::parse(&raw)?;
     let Query(query) = query.map_err(|e| RestError::BadQuery(e.body_text()))?;
     if !query.follow {
-        let lines = core.db.logs(&id, query.tail).ok_or_else(|| RestError::UnknownDeployment(id.clone()))?;
+        let lines = core
+            .db
+            .logs(&id, query.tail)
+            .ok_or_else(|| RestError::UnknownDeployment(id.clone()))?;
         return Ok(text_response(Body::from(format_lines(&lines))));
     }
     let permit = Arc::clone(&core.streams)
         .try_acquire_owned()
         .map_err(|_| RestError::TooManyStreams(core.config.max_streams))?;
-    let (lines, events) =
-        core.db.logs_and_subscribe(&id, query.tail).ok_or_else(|| RestError::UnknownDeployment(id.clone()))?;
-    let head = futures::stream::once(futures::future::ready(Ok::<_, std::convert::Infallible>(Bytes::from(
-        format_lines(&lines),
-    ))));
-    let gone = core.db.deployment(&id).is_none_or(|d| d.status.kind() == StatusKind::Destroyed);
+    let (lines, events) = core
+        .db
+        .logs_and_subscribe(&id, query.tail)
+        .ok_or_else(|| RestError::UnknownDeployment(id.clone()))?;
+    let head = futures::stream::once(futures::future::ready(Ok::<_, std::convert::Infallible>(
+        Bytes::from(format_lines(&lines)),
+    )));
+    let gone = core
+        .db
+        .deployment(&id)
+        .is_none_or(|d| d.status.kind() == StatusKind::Destroyed);
     if gone {
         return Ok(text_response(Body::from_stream(head)));
     }
-    let follow = Follow { id, events, done: false, _permit: permit };
-    let rest = futures::stream::unfold(follow, |mut f| async move { f.next().await.map(|chunk| (chunk, f)) })
-        .map(|chunk| Ok::<_, std::convert::Infallible>(Bytes::from(chunk)))
-        .take_until(core.stop.clone().cancelled_owned())
-        .take_until(tokio::time::sleep(core.config.max_stream_time));
+    let follow = Follow {
+        id,
+        events,
+        done: false,
+        _permit: permit,
+    };
+    let rest = futures::stream::unfold(follow, |mut f| async move {
+        f.next().await.map(|chunk| (chunk, f))
+    })
+    .map(|chunk| Ok::<_, std::convert::Infallible>(Bytes::from(chunk)))
+    .take_until(core.stop.clone().cancelled_owned())
+    .take_until(tokio::time::sleep(core.config.max_stream_time));
     Ok(text_response(Body::from_stream(head.chain(rest))))
 }
 
@@ -202,7 +248,9 @@ impl Follow {
         }
         loop {
             match self.events.recv().await {
-                Ok(StateEvent::Log { id, lines }) if id == self.id => return Some(format_lines(&lines)),
+                Ok(StateEvent::Log { id, lines }) if id == self.id => {
+                    return Some(format_lines(&lines));
+                }
                 Ok(StateEvent::Deployment { id, status, .. })
                     if id == self.id && status.kind() == StatusKind::Destroyed =>
                 {
@@ -242,23 +290,32 @@ async fn delete_log(
     Ok(Json(Deleted { deleted }))
 }
 
-async fn platform(State(core): State<Arc<Core>>, headers: HeaderMap) -> Result<Response, RestError> {
+async fn platform(
+    State(core): State<Arc<Core>>,
+    headers: HeaderMap,
+) -> Result<Response, RestError> {
     check_read(&core, &headers)?;
     Ok(Json(core.platform()).into_response())
 }
 
-async fn metrics_text(State(core): State<Arc<Core>>, headers: HeaderMap) -> Result<Response, RestError> {
+async fn metrics_text(
+    State(core): State<Arc<Core>>,
+    headers: HeaderMap,
+) -> Result<Response, RestError> {
     check_read(&core, &headers)?;
     let mut response = Response::new(Body::from(metrics::render(&core)));
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
     Ok(response)
 }
 
 async fn openapi() -> Response {
     let mut response = Response::new(Body::from(assets::OPENAPI));
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -269,7 +326,14 @@ mod tests {
 
     #[test]
     fn lines_are_formatted_with_time_and_stream() {
-        let line = LogLine { at: Timestamp(0), stream: LogStream::Build, text: "step 1".into() };
-        assert_eq!(format_lines(&[line]), "1970-01-01T00:00:00.000Z [build] step 1\n");
+        let line = LogLine {
+            at: Timestamp(0),
+            stream: LogStream::Build,
+            text: "step 1".into(),
+        };
+        assert_eq!(
+            format_lines(&[line]),
+            "1970-01-01T00:00:00.000Z [build] step 1\n"
+        );
     }
 }

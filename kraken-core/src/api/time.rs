@@ -40,8 +40,17 @@ mod tests {
     #[test]
     fn known_dates() {
         assert_eq!(rfc3339(Timestamp(0)), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(Timestamp(951_782_400_000)), "2000-02-29T00:00:00.000Z");
-        assert_eq!(rfc3339(Timestamp(1_700_000_000_123)), "2023-11-14T22:13:20.123Z");
-        assert_eq!(rfc3339(Timestamp(4_102_444_799_999)), "2099-12-31T23:59:59.999Z");
+        assert_eq!(
+            rfc3339(Timestamp(951_782_400_000)),
+            "2000-02-29T00:00:00.000Z"
+        );
+        assert_eq!(
+            rfc3339(Timestamp(1_700_000_000_123)),
+            "2023-11-14T22:13:20.123Z"
+        );
+        assert_eq!(
+            rfc3339(Timestamp(4_102_444_799_999)),
+            "2099-12-31T23:59:59.999Z"
+        );
     }
 }

@@ -15,11 +15,15 @@
 
 use super::{ExecutionFailure, Executor, NodeContext, SetupFailure};
 use crate::manifest::Manifest;
-use crate::model::{Deployment, DeploymentId, DeploymentStatus, NodeId, PlatformInfo, StatusKind, Timestamp};
+use crate::model::{
+    Deployment, DeploymentId, DeploymentStatus, NodeId, PlatformInfo, StatusKind, Timestamp,
+};
 use crate::source::{Fetcher, Git};
 use crate::state::{Database, ReportOutcome};
 use crate::transport::{Received, TransportExt};
-use crate::wire::{self, DeploymentOrder, Envelope, InstanceReport, Message, PlatformMessage, WorkRequestMessage};
+use crate::wire::{
+    self, DeploymentOrder, Envelope, InstanceReport, Message, PlatformMessage, WorkRequestMessage,
+};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -110,7 +114,9 @@ pub struct OrchestrationExecutor {
 
 impl std::fmt::Debug for OrchestrationExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OrchestrationExecutor").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("OrchestrationExecutor")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -150,14 +156,21 @@ impl OrchestrationExecutor {
     }
 
     fn work_dir(&self, ctx: &NodeContext) -> PathBuf {
-        self.config.work_dir.clone().unwrap_or_else(|| match &ctx.config.data_dir {
-            Some(dir) => dir.join("validate"),
-            None => std::env::temp_dir().join(format!("kraken-validate-{}", ctx.node)),
-        })
+        self.config
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| match &ctx.config.data_dir {
+                Some(dir) => dir.join("validate"),
+                None => std::env::temp_dir().join(format!("kraken-validate-{}", ctx.node)),
+            })
     }
 
     fn spawn_validation(&mut self, ctx: &NodeContext, d: &Deployment) {
-        if self.validations.get(&d.id).is_some_and(|h| !h.is_finished()) {
+        if self
+            .validations
+            .get(&d.id)
+            .is_some_and(|h| !h.is_finished())
+        {
             return;
         }
         let task = Validation {
@@ -173,7 +186,11 @@ impl OrchestrationExecutor {
 
     async fn send(&self, ctx: &NodeContext, node: &NodeId, order: WorkRequestMessage) -> bool {
         let envelope = Envelope::new(ctx.node.clone(), self.db.epoch(), order);
-        match ctx.transport.send(&wire::work_channel(node), &envelope).await {
+        match ctx
+            .transport
+            .send(&wire::work_channel(node), &envelope)
+            .await
+        {
             Ok(()) => true,
             Err(err) => {
                 tracing::warn!(node = %node, cause = %err, "could not send work; will retry");
@@ -209,14 +226,23 @@ impl OrchestrationExecutor {
             }
         }
         let o = observed(&self.observed);
-        self.db.nodes().into_iter().map(|n| n.id).filter(|n| o.last_heard.contains_key(n)).collect()
+        self.db
+            .nodes()
+            .into_iter()
+            .map(|n| n.id)
+            .filter(|n| o.last_heard.contains_key(n))
+            .collect()
     }
 
     async fn reconcile(&mut self, ctx: &NodeContext) {
         let alive = self.check_nodes(ctx).await;
         let deployments = self.db.deployments();
-        let free_ram: HashMap<NodeId, (u64, f64)> =
-            self.db.nodes().into_iter().map(|n| (n.id.clone(), (n.stats.ram_free_mb, n.stats.cpu_percent))).collect();
+        let free_ram: HashMap<NodeId, (u64, f64)> = self
+            .db
+            .nodes()
+            .into_iter()
+            .map(|n| (n.id.clone(), (n.stats.ram_free_mb, n.stats.cpu_percent)))
+            .collect();
         let mut load: BTreeMap<NodeId, usize> = alive.iter().map(|n| (n.clone(), 0)).collect();
         for d in &deployments {
             if let Some(node) = &d.node
@@ -232,7 +258,11 @@ impl OrchestrationExecutor {
         for d in &deployments {
             match d.status.kind() {
                 StatusKind::DeploymentRequested => {
-                    if self.db.transition(&d.id, DeploymentStatus::ValidatingDeploymentData).is_ok() {
+                    if self
+                        .db
+                        .transition(&d.id, DeploymentStatus::ValidatingDeploymentData)
+                        .is_ok()
+                    {
                         self.spawn_validation(ctx, d);
                     }
                 }
@@ -262,7 +292,9 @@ impl OrchestrationExecutor {
                         chosen
                     };
                     let Some(node) = node else { continue };
-                    let Some(current) = self.db.deployment(&d.id) else { continue };
+                    let Some(current) = self.db.deployment(&d.id) else {
+                        continue;
+                    };
                     if current.status.kind() != StatusKind::DelegatingDeployment {
                         continue;
                     }
@@ -270,9 +302,16 @@ impl OrchestrationExecutor {
                     if self.delegated.get(&d.id) == Some(&key) {
                         continue;
                     }
-                    let (Some(commit), Some(manifest)) = (current.commit.clone(), current.manifest.clone()) else {
+                    let (Some(commit), Some(manifest)) =
+                        (current.commit.clone(), current.manifest.clone())
+                    else {
                         // Validated data missing (should not happen): validate again.
-                        let _ = self.db.transition(&d.id, DeploymentStatus::Errored("validated data missing; redeploy to retry".into()));
+                        let _ = self.db.transition(
+                            &d.id,
+                            DeploymentStatus::Errored(
+                                "validated data missing; redeploy to retry".into(),
+                            ),
+                        );
                         continue;
                     };
                     let order = DeploymentOrder {
@@ -283,8 +322,18 @@ impl OrchestrationExecutor {
                         commit,
                         manifest,
                     };
-                    if self.send(ctx, &node, WorkRequestMessage::RequestDeployment(Box::new(order))).await {
-                        self.db.note(&d.id, format!("placed on {node} (generation {})", current.generation));
+                    if self
+                        .send(
+                            ctx,
+                            &node,
+                            WorkRequestMessage::RequestDeployment(Box::new(order)),
+                        )
+                        .await
+                    {
+                        self.db.note(
+                            &d.id,
+                            format!("placed on {node} (generation {})", current.generation),
+                        );
                         self.delegated.insert(d.id.clone(), key);
                     }
                 }
@@ -292,7 +341,12 @@ impl OrchestrationExecutor {
                     if !is_alive(&d.node) {
                         let lost = d.node.clone();
                         self.db.update(&d.id, |d| {
-                            if d.transition(DeploymentStatus::DelegatingDeployment, Timestamp::now()).is_ok() {
+                            if d.transition(
+                                DeploymentStatus::DelegatingDeployment,
+                                Timestamp::now(),
+                            )
+                            .is_ok()
+                            {
                                 d.node = None;
                                 d.generation += 1;
                                 d.port = None;
@@ -301,16 +355,22 @@ impl OrchestrationExecutor {
                             }
                         });
                         if let Some(lost) = lost {
-                            self.db.note(&d.id, format!("node {lost} lost; placing it again"));
+                            self.db
+                                .note(&d.id, format!("node {lost} lost; placing it again"));
                         }
                         ctx.wake();
                     }
                 }
                 StatusKind::DestructionRequested => {
                     if let Some(node) = d.node.clone().filter(|_| is_alive(&d.node)) {
-                        let cancel = WorkRequestMessage::CancelDeployment { deployment: d.id.clone(), generation: d.generation };
+                        let cancel = WorkRequestMessage::CancelDeployment {
+                            deployment: d.id.clone(),
+                            generation: d.generation,
+                        };
                         if self.send(ctx, &node, cancel).await {
-                            let _ = self.db.transition(&d.id, DeploymentStatus::DelegatingDestruction);
+                            let _ = self
+                                .db
+                                .transition(&d.id, DeploymentStatus::DelegatingDestruction);
                         }
                     } else {
                         let _ = self.db.transition(&d.id, DeploymentStatus::Destroyed);
@@ -333,7 +393,8 @@ impl OrchestrationExecutor {
     /// Tells nodes to stop instances nobody wants: destroyed or unknown deployments,
     /// deployments now placed elsewhere, older generations of a running deployment.
     async fn reap_orphans(&mut self, ctx: &NodeContext, deployments: &[Deployment]) {
-        let by_id: HashMap<&DeploymentId, &Deployment> = deployments.iter().map(|d| (&d.id, d)).collect();
+        let by_id: HashMap<&DeploymentId, &Deployment> =
+            deployments.iter().map(|d| (&d.id, d)).collect();
         let reports: Vec<(NodeId, InstanceReport)> = observed(&self.observed)
             .instances
             .iter()
@@ -353,28 +414,42 @@ impl OrchestrationExecutor {
                 continue;
             }
             let key = (node.clone(), r.deployment.clone(), r.generation);
-            if self.orphans_told.get(&key).is_some_and(|t| now.duration_since(*t) < self.config.orphan_retry) {
+            if self
+                .orphans_told
+                .get(&key)
+                .is_some_and(|t| now.duration_since(*t) < self.config.orphan_retry)
+            {
                 continue;
             }
             tracing::info!(node = %node, deployment = %r.deployment, generation = r.generation, "stopping an instance nobody wants");
-            let cancel = WorkRequestMessage::CancelDeployment { deployment: r.deployment.clone(), generation: r.generation };
+            let cancel = WorkRequestMessage::CancelDeployment {
+                deployment: r.deployment.clone(),
+                generation: r.generation,
+            };
             if self.send(ctx, &node, cancel).await {
                 self.orphans_told.insert(key, now);
             }
         }
         let retry = self.config.orphan_retry;
-        self.orphans_told.retain(|_, t| now.duration_since(*t) < retry * 4);
+        self.orphans_told
+            .retain(|_, t| now.duration_since(*t) < retry * 4);
     }
 }
 
 /// The least-loaded live node: fewest active deployments, then most free RAM, then least
 /// CPU use, then id (so placement is deterministic).
-fn place(load: &BTreeMap<NodeId, usize>, resources: &HashMap<NodeId, (u64, f64)>) -> Option<NodeId> {
+fn place(
+    load: &BTreeMap<NodeId, usize>,
+    resources: &HashMap<NodeId, (u64, f64)>,
+) -> Option<NodeId> {
     load.iter()
         .min_by(|(a, la), (b, lb)| {
             let (ra, ca) = resources.get(*a).copied().unwrap_or((0, 0.0));
             let (rb, cb) = resources.get(*b).copied().unwrap_or((0, 0.0));
-            la.cmp(lb).then(rb.cmp(&ra)).then(ca.total_cmp(&cb)).then(a.cmp(b))
+            la.cmp(lb)
+                .then(rb.cmp(&ra))
+                .then(ca.total_cmp(&cb))
+                .then(a.cmp(b))
         })
         .map(|(n, _)| n.clone())
 }
@@ -401,7 +476,13 @@ impl Validation {
     }
 
     /// Moves from `from` to `to` if the deployment is still at `generation` and `from`.
-    fn step(&self, generation: u64, from: StatusKind, to: DeploymentStatus, f: impl FnOnce(&mut Deployment)) -> bool {
+    fn step(
+        &self,
+        generation: u64,
+        from: StatusKind,
+        to: DeploymentStatus,
+        f: impl FnOnce(&mut Deployment),
+    ) -> bool {
         self.db
             .update(&self.id, |d| {
                 if d.generation != generation || d.status.kind() != from {
@@ -414,18 +495,40 @@ impl Validation {
     }
 
     async fn run(self) {
-        let Ok(_permit) = Arc::clone(&self.permits).acquire_owned().await else { return };
-        let Some(d) = self.db.deployment(&self.id) else { return };
+        let Ok(_permit) = Arc::clone(&self.permits).acquire_owned().await else {
+            return;
+        };
+        let Some(d) = self.db.deployment(&self.id) else {
+            return;
+        };
         let head = match self.source.head_commit(&d.source_url, &d.branch).await {
             Ok(head) => head,
-            Err(e) => return self.fail(d.generation, format!("cannot read branch {}: {e}", d.branch)),
+            Err(e) => {
+                return self.fail(
+                    d.generation,
+                    format!("cannot read branch {}: {e}", d.branch),
+                );
+            }
         };
         let generation = match d.status.kind() {
             StatusKind::UpdateRequested => {
                 let previous = d.history.iter().rev().nth(1).map(|c| c.status.kind());
-                if d.commit.as_deref() == Some(head.as_str()) && previous == Some(StatusKind::Running) {
-                    self.db.note(&self.id, format!("branch {} is still at {head}: nothing to redeploy", d.branch));
-                    self.step(d.generation, StatusKind::UpdateRequested, DeploymentStatus::Running, |_| {});
+                if d.commit.as_deref() == Some(head.as_str())
+                    && previous == Some(StatusKind::Running)
+                {
+                    self.db.note(
+                        &self.id,
+                        format!(
+                            "branch {} is still at {head}: nothing to redeploy",
+                            d.branch
+                        ),
+                    );
+                    self.step(
+                        d.generation,
+                        StatusKind::UpdateRequested,
+                        DeploymentStatus::Running,
+                        |_| {},
+                    );
                     return;
                 }
                 self.db.note(&self.id, format!("redeploying {head}"));
@@ -435,30 +538,47 @@ impl Validation {
                         return false;
                     }
                     d.generation = next;
-                    d.transition(DeploymentStatus::ValidatingDeploymentData, Timestamp::now()).is_ok()
+                    d.transition(DeploymentStatus::ValidatingDeploymentData, Timestamp::now())
+                        .is_ok()
                 });
                 if moved != Some(true) {
                     return;
                 }
                 next
             }
-            StatusKind::ValidatingDeploymentData | StatusKind::RetrievingApplicationData => d.generation,
+            StatusKind::ValidatingDeploymentData | StatusKind::RetrievingApplicationData => {
+                d.generation
+            }
             _ => return,
         };
-        if !self.step(generation, StatusKind::ValidatingDeploymentData, DeploymentStatus::RetrievingApplicationData, |d| {
-            d.commit = Some(head.clone());
-        }) {
+        if !self.step(
+            generation,
+            StatusKind::ValidatingDeploymentData,
+            DeploymentStatus::RetrievingApplicationData,
+            |d| {
+                d.commit = Some(head.clone());
+            },
+        ) {
             // Already retrieving (a restart of the orchestrator mid-validation) or superseded.
             let still = self.db.deployment(&self.id).is_some_and(|d| {
-                d.generation == generation && d.status.kind() == StatusKind::RetrievingApplicationData
+                d.generation == generation
+                    && d.status.kind() == StatusKind::RetrievingApplicationData
             });
             if !still {
                 return;
             }
             self.db.update(&self.id, |d| d.commit = Some(head.clone()));
         }
-        let dir = self.work_dir.join(format!("{}-{generation}-{}", self.id, uuid::Uuid::new_v4().simple()));
-        let manifest = match self.source.fetch(&d.source_url, &d.branch, Some(&head), &dir).await {
+        let dir = self.work_dir.join(format!(
+            "{}-{generation}-{}",
+            self.id,
+            uuid::Uuid::new_v4().simple()
+        ));
+        let manifest = match self
+            .source
+            .fetch(&d.source_url, &d.branch, Some(&head), &dir)
+            .await
+        {
             Ok(checkout) => {
                 let root = checkout.dir.clone();
                 tokio::task::spawn_blocking(move || Manifest::from_dir(&root))
@@ -473,10 +593,16 @@ impl Validation {
         match manifest {
             Ok(manifest) => {
                 let name = manifest.app.name.clone();
-                if self.step(generation, StatusKind::RetrievingApplicationData, DeploymentStatus::DelegatingDeployment, |d| {
-                    d.manifest = Some(manifest);
-                }) {
-                    self.db.note(&self.id, format!("validated {name} at {head}"));
+                if self.step(
+                    generation,
+                    StatusKind::RetrievingApplicationData,
+                    DeploymentStatus::DelegatingDeployment,
+                    |d| {
+                        d.manifest = Some(manifest);
+                    },
+                ) {
+                    self.db
+                        .note(&self.id, format!("validated {name} at {head}"));
                 }
             }
             Err(reason) => self.fail(generation, reason),
@@ -491,12 +617,18 @@ async fn settle<M>(received: Received<M>) {
 }
 
 /// Runs a consumer of one channel until shutdown.
-fn consume<M: Message, F>(ctx: &NodeContext, mut sub: crate::transport::TypedSubscription<M>, mut handle: F)
-where
+fn consume<M: Message, F>(
+    ctx: &NodeContext,
+    mut sub: crate::transport::TypedSubscription<M>,
+    mut handle: F,
+) where
     F: FnMut(&Envelope<M>) + Send + 'static,
 {
     let stop = ctx.shutdown();
-    let kind = std::any::type_name::<M>().rsplit("::").next().unwrap_or("message");
+    let kind = std::any::type_name::<M>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("message");
     let handled = metrics::counter!("kraken_messages_handled_total", "message" => kind);
     ctx.spawn(async move {
         loop {
@@ -533,33 +665,42 @@ impl Executor for OrchestrationExecutor {
         tracing::info!(node = %ctx.node, epoch = self.db.epoch(), "orchestrator starting");
 
         let db = Arc::clone(&self.db);
-        consume(ctx, ctx.transport.listen(&wire::DEPLOYMENT).await?, move |env| {
-            let outcome = db.apply_report(env.id, &env.body);
-            if matches!(outcome, ReportOutcome::Illegal) {
-                tracing::debug!(deployment = %env.body.deployment, status = %env.body.status, "ignored an out-of-order report");
-            }
-        });
+        consume(
+            ctx,
+            ctx.transport.listen(&wire::DEPLOYMENT).await?,
+            move |env| {
+                let outcome = db.apply_report(env.id, &env.body);
+                if matches!(outcome, ReportOutcome::Illegal) {
+                    tracing::debug!(deployment = %env.body.deployment, status = %env.body.status, "ignored an out-of-order report");
+                }
+            },
+        );
         let db = Arc::clone(&self.db);
         consume(ctx, ctx.transport.listen(&wire::LOG).await?, move |env| {
             db.append_logs(env.id, &env.body);
         });
         let db = Arc::clone(&self.db);
         let seen = Arc::clone(&self.observed);
-        consume(ctx, ctx.transport.listen(&wire::SYSINFO).await?, move |env| {
-            let report = &env.body;
-            let mut o = observed(&seen);
-            if report.leaving {
-                o.leaving.push(report.node.clone());
-                o.last_heard.remove(&report.node);
-                return;
-            }
-            o.last_heard.insert(report.node.clone(), Instant::now());
-            o.instances.insert(report.node.clone(), report.instances.clone());
-            drop(o);
-            if db.record_sysinfo(report) {
-                tracing::info!(node = %report.node, address = %report.address, "node joined");
-            }
-        });
+        consume(
+            ctx,
+            ctx.transport.listen(&wire::SYSINFO).await?,
+            move |env| {
+                let report = &env.body;
+                let mut o = observed(&seen);
+                if report.leaving {
+                    o.leaving.push(report.node.clone());
+                    o.last_heard.remove(&report.node);
+                    return;
+                }
+                o.last_heard.insert(report.node.clone(), Instant::now());
+                o.instances
+                    .insert(report.node.clone(), report.instances.clone());
+                drop(o);
+                if db.record_sysinfo(report) {
+                    tracing::info!(node = %report.node, address = %report.address, "node joined");
+                }
+            },
+        );
 
         // Wake the reconciler on every change of the state.
         let changed = self.db.changed();
@@ -575,9 +716,15 @@ impl Executor for OrchestrationExecutor {
         });
 
         // Announce who leads, now and then, so late joiners learn it.
-        let announce = PlatformMessage { info: self.platform_info(ctx) };
-        let (transport, node, every, stop) =
-            (Arc::clone(&ctx.transport), ctx.node.clone(), self.config.announce_interval, ctx.shutdown());
+        let announce = PlatformMessage {
+            info: self.platform_info(ctx),
+        };
+        let (transport, node, every, stop) = (
+            Arc::clone(&ctx.transport),
+            ctx.node.clone(),
+            self.config.announce_interval,
+            ctx.shutdown(),
+        );
         ctx.spawn(async move {
             let mut ticker = tokio::time::interval(every);
             loop {
@@ -598,12 +745,16 @@ impl Executor for OrchestrationExecutor {
     async fn execute(&mut self, ctx: &NodeContext) -> Result<(), ExecutionFailure> {
         let started = Instant::now();
         self.reconcile(ctx).await;
-        metrics::histogram!("kraken_reconcile_duration_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("kraken_reconcile_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         Ok(())
     }
 
     async fn shutdown(&mut self, _ctx: &NodeContext) -> Result<(), ExecutionFailure> {
-        self.db.flush().await.map_err(|e| ExecutionFailure::Recoverable(e.to_string()))
+        self.db
+            .flush()
+            .await
+            .map_err(|e| ExecutionFailure::Recoverable(e.to_string()))
     }
 
     fn tick(&self) -> Duration {
@@ -617,11 +768,21 @@ mod tests {
 
     #[test]
     fn placement_prefers_fewest_deployments_then_free_ram() {
-        let (a, b, c) = (NodeId::parse("a").ok(), NodeId::parse("b").ok(), NodeId::parse("c").ok());
-        let (Some(a), Some(b), Some(c)) = (a, b, c) else { panic!("ids") };
+        let (a, b, c) = (
+            NodeId::parse("a").ok(),
+            NodeId::parse("b").ok(),
+            NodeId::parse("c").ok(),
+        );
+        let (Some(a), Some(b), Some(c)) = (a, b, c) else {
+            panic!("ids")
+        };
         let load: BTreeMap<NodeId, usize> = [(a.clone(), 2), (b.clone(), 1), (c.clone(), 1)].into();
-        let res: HashMap<NodeId, (u64, f64)> =
-            [(a.clone(), (9000, 0.0)), (b.clone(), (1000, 0.0)), (c.clone(), (2000, 50.0))].into();
+        let res: HashMap<NodeId, (u64, f64)> = [
+            (a.clone(), (9000, 0.0)),
+            (b.clone(), (1000, 0.0)),
+            (c.clone(), (2000, 50.0)),
+        ]
+        .into();
         assert_eq!(place(&load, &res), Some(c.clone()));
         let even: BTreeMap<NodeId, usize> = [(a.clone(), 0), (b.clone(), 0)].into();
         assert_eq!(place(&even, &res), Some(a));

@@ -12,7 +12,10 @@ pub trait SystemProbe: Send + Sync + 'static {
 }
 
 /// The `sysinfo` handle (made on first use) and the last sample with its time.
-type ProbeState = (Option<sysinfo::System>, Option<(std::time::Instant, NodeStats)>);
+type ProbeState = (
+    Option<sysinfo::System>,
+    Option<(std::time::Instant, NodeStats)>,
+);
 
 /// The real machine, read with `sysinfo`. One probe can serve every worker of a process;
 /// it re-reads the machine at most once per `min_interval`.
@@ -58,14 +61,22 @@ impl SystemProbe for SysinfoProbe {
                     }
                 }
             }
-            let Some(sys) = slot.as_mut() else { return NodeStats::default() };
+            let Some(sys) = slot.as_mut() else {
+                return NodeStats::default();
+            };
             // CPU use is the difference between two refreshes: the previous call's refresh
             // is the first one (the very first sample reads 0 %).
             sys.refresh_cpu_usage();
             sys.refresh_memory();
-            let load = sysinfo::System::load_average().map(|l| [l.one, l.five, l.fifteen]).unwrap_or_default();
+            let load = sysinfo::System::load_average()
+                .map(|l| [l.one, l.five, l.fifteen])
+                .unwrap_or_default();
             let mb = |b: u64| b / (1024 * 1024);
-            let cpu_brand = sys.cpus().first().map(|c| c.brand().trim().to_owned()).unwrap_or_default();
+            let cpu_brand = sys
+                .cpus()
+                .first()
+                .map(|c| c.brand().trim().to_owned())
+                .unwrap_or_default();
             let stats = NodeStats {
                 hostname: sysinfo::System::host_name().unwrap_or_else(|_| "unknown".into()),
                 model: format!(

@@ -125,7 +125,9 @@ pub struct WorkerExecutor {
 
 impl std::fmt::Debug for WorkerExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerExecutor").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("WorkerExecutor")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -133,7 +135,12 @@ impl WorkerExecutor {
     /// A worker with these settings.
     pub fn new(config: WorkerConfig) -> Self {
         let permits = Arc::new(Semaphore::new(config.max_parallel_deployments.max(1)));
-        WorkerExecutor { config, shared: Arc::new(Mutex::new(Shared::default())), permits, last_stats: None }
+        WorkerExecutor {
+            config,
+            shared: Arc::new(Mutex::new(Shared::default())),
+            permits,
+            last_stats: None,
+        }
     }
 }
 
@@ -156,7 +163,13 @@ impl Worker {
     }
 
     /// Sends a status report. Status is at-least-once: a failed send is retried for a while.
-    async fn report(&self, deployment: &DeploymentId, generation: u64, status: DeploymentStatus, tracked: Option<(&InstanceInfo, Option<&str>)>) {
+    async fn report(
+        &self,
+        deployment: &DeploymentId,
+        generation: u64,
+        status: DeploymentStatus,
+        tracked: Option<(&InstanceInfo, Option<&str>)>,
+    ) {
         let msg = DeploymentMessage {
             deployment: deployment.clone(),
             generation,
@@ -187,8 +200,17 @@ impl Worker {
     }
 
     async fn note(&self, deployment: &DeploymentId, generation: u64, text: String) {
-        let batch = LogMessage { deployment: deployment.clone(), generation, lines: vec![LogLine::new(LogStream::System, text)] };
-        if let Err(err) = self.ctx.transport.send(&wire::LOG, &self.envelope(batch)).await {
+        let batch = LogMessage {
+            deployment: deployment.clone(),
+            generation,
+            lines: vec![LogLine::new(LogStream::System, text)],
+        };
+        if let Err(err) = self
+            .ctx
+            .transport
+            .send(&wire::LOG, &self.envelope(batch))
+            .await
+        {
             tracing::debug!(cause = %err, "log line dropped");
         }
     }
@@ -213,8 +235,17 @@ impl Worker {
                 }
             };
             if !batch.is_empty() {
-                let msg = LogMessage { deployment: deployment.clone(), generation, lines: std::mem::take(&mut batch) };
-                if let Err(err) = self.ctx.transport.send(&wire::LOG, &self.envelope(msg)).await {
+                let msg = LogMessage {
+                    deployment: deployment.clone(),
+                    generation,
+                    lines: std::mem::take(&mut batch),
+                };
+                if let Err(err) = self
+                    .ctx
+                    .transport
+                    .send(&wire::LOG, &self.envelope(msg))
+                    .await
+                {
                     tracing::warn!(deployment = %deployment, cause = %err, "log batch dropped");
                 }
             }
@@ -229,7 +260,8 @@ impl Worker {
             return None;
         }
         let this = self.clone();
-        let (deployment, generation, id) = (info.deployment.clone(), info.generation, info.id.clone());
+        let (deployment, generation, id) =
+            (info.deployment.clone(), info.generation, info.id.clone());
         let handle = tokio::spawn(async move {
             match this.ctx.runtime.logs(&id).await {
                 Ok(stream) => this.forward_logs(deployment, generation, stream).await,
@@ -240,14 +272,26 @@ impl Worker {
     }
 
     fn url_for(&self, port: Option<u16>, endpoint: Option<&str>) -> Option<String> {
-        port.map(|p| format!("http://{}:{}{}", self.ctx.config.address, p, endpoint.unwrap_or("/")))
+        port.map(|p| {
+            format!(
+                "http://{}:{}{}",
+                self.ctx.config.address,
+                p,
+                endpoint.unwrap_or("/")
+            )
+        })
     }
 
     async fn stop_instance(&self, tracked: Tracked) {
         if let Some(handle) = tracked.logs {
             handle.abort();
         }
-        if let Err(err) = self.ctx.runtime.stop(&tracked.info.id, self.config.stop_timeout).await {
+        if let Err(err) = self
+            .ctx
+            .runtime
+            .stop(&tracked.info.id, self.config.stop_timeout)
+            .await
+        {
             tracing::warn!(instance = %tracked.info.id, cause = %err, "could not stop instance");
         }
         if let Some(artifact) = tracked.artifact
@@ -271,23 +315,40 @@ impl Worker {
         }
         match envelope.body.clone() {
             WorkRequestMessage::RequestDeployment(order) => self.accept(*order, received, permits),
-            WorkRequestMessage::CancelDeployment { deployment, generation } => {
+            WorkRequestMessage::CancelDeployment {
+                deployment,
+                generation,
+            } => {
                 self.cancel(&deployment, generation).await;
                 ack(received).await;
             }
         }
     }
 
-    fn accept(&self, order: DeploymentOrder, received: Received<WorkRequestMessage>, permits: Arc<Semaphore>) {
+    fn accept(
+        &self,
+        order: DeploymentOrder,
+        received: Received<WorkRequestMessage>,
+        permits: Arc<Semaphore>,
+    ) {
         let cancel = {
             let mut shared = lock(&self.shared);
-            let running = shared.instances.get(&order.deployment).map(|t| (t.info.clone(), t.url.clone()));
+            let running = shared
+                .instances
+                .get(&order.deployment)
+                .map(|t| (t.info.clone(), t.url.clone()));
             if let Some((info, url)) = running.filter(|(i, _)| i.generation >= order.generation) {
                 // Already done (a duplicate order): say so again, idempotently.
                 drop(shared);
                 let this = self.clone();
                 tokio::spawn(async move {
-                    this.report(&order.deployment, info.generation, DeploymentStatus::Running, Some((&info, url.as_deref()))).await;
+                    this.report(
+                        &order.deployment,
+                        info.generation,
+                        DeploymentStatus::Running,
+                        Some((&info, url.as_deref())),
+                    )
+                    .await;
                     ack(received).await;
                 });
                 return;
@@ -301,7 +362,13 @@ impl Worker {
                 p.cancel.cancel();
             }
             let cancel = self.ctx.shutdown().child_token();
-            shared.in_progress.insert(order.deployment.clone(), InProgress { generation: order.generation, cancel: cancel.clone() });
+            shared.in_progress.insert(
+                order.deployment.clone(),
+                InProgress {
+                    generation: order.generation,
+                    cancel: cancel.clone(),
+                },
+            );
             cancel
         };
         let this = self.clone();
@@ -339,13 +406,30 @@ impl Worker {
 
     async fn deploy(&self, order: &DeploymentOrder) -> Result<(), String> {
         let (id, generation) = (&order.deployment, order.generation);
-        self.report(id, generation, DeploymentStatus::BuildingDeployment, None).await;
-        self.note(id, generation, format!("fetching {} ({}) at {}", order.source_url, order.branch, order.commit)).await;
-        let checkout_dir = self.work_dir.join(format!("{id}-{generation}-{}", uuid::Uuid::new_v4().simple()));
+        self.report(id, generation, DeploymentStatus::BuildingDeployment, None)
+            .await;
+        self.note(
+            id,
+            generation,
+            format!(
+                "fetching {} ({}) at {}",
+                order.source_url, order.branch, order.commit
+            ),
+        )
+        .await;
+        let checkout_dir = self.work_dir.join(format!(
+            "{id}-{generation}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
         let checkout = self
             .config
             .source
-            .fetch(&order.source_url, &order.branch, Some(&order.commit), &checkout_dir)
+            .fetch(
+                &order.source_url,
+                &order.branch,
+                Some(&order.commit),
+                &checkout_dir,
+            )
             .await
             .map_err(|e| format!("cannot fetch the source: {e}"));
         let built = match checkout {
@@ -362,7 +446,12 @@ impl Worker {
                     source_dir: checkout.dir.clone(),
                     manifest: order.manifest.clone(),
                 };
-                let built = self.ctx.runtime.build(&request, tx).await.map_err(|e| e.to_string());
+                let built = self
+                    .ctx
+                    .runtime
+                    .build(&request, tx)
+                    .await
+                    .map_err(|e| e.to_string());
                 // The build's sender is gone: the forwarder flushes and ends.
                 let _ = forward.await;
                 built
@@ -371,10 +460,16 @@ impl Worker {
         };
         remove_dir(checkout_dir).await;
         let artifact = built?;
-        self.report(id, generation, DeploymentStatus::Deploying, None).await;
+        self.report(id, generation, DeploymentStatus::Deploying, None)
+            .await;
         let previous = lock(&self.shared).instances.remove(id);
         if let Some(previous) = previous {
-            self.note(id, generation, format!("stopping generation {}", previous.info.generation)).await;
+            self.note(
+                id,
+                generation,
+                format!("stopping generation {}", previous.info.generation),
+            )
+            .await;
             self.stop_instance(previous).await;
         }
         let spec = StartSpec {
@@ -396,10 +491,26 @@ impl Worker {
         let logs = self.follow_logs(&info);
         lock(&self.shared).instances.insert(
             id.clone(),
-            Tracked { info: info.clone(), artifact: Some(artifact), url: url.clone(), logs },
+            Tracked {
+                info: info.clone(),
+                artifact: Some(artifact),
+                url: url.clone(),
+                logs,
+            },
         );
-        self.note(id, generation, format!("running at {}", url.as_deref().unwrap_or("(no port)"))).await;
-        self.report(id, generation, DeploymentStatus::Running, Some((&info, url.as_deref()))).await;
+        self.note(
+            id,
+            generation,
+            format!("running at {}", url.as_deref().unwrap_or("(no port)")),
+        )
+        .await;
+        self.report(
+            id,
+            generation,
+            DeploymentStatus::Running,
+            Some((&info, url.as_deref())),
+        )
+        .await;
         Ok(())
     }
 
@@ -416,11 +527,18 @@ impl Worker {
                 _ => None,
             }
         };
-        self.report(deployment, generation, DeploymentStatus::DestructionInProgress, None).await;
+        self.report(
+            deployment,
+            generation,
+            DeploymentStatus::DestructionInProgress,
+            None,
+        )
+        .await;
         if let Some(tracked) = tracked {
             self.stop_instance(tracked).await;
         }
-        self.report(deployment, generation, DeploymentStatus::Destroyed, None).await;
+        self.report(deployment, generation, DeploymentStatus::Destroyed, None)
+            .await;
     }
 
     async fn heartbeat(&self) {
@@ -442,7 +560,12 @@ impl Worker {
             instances,
             leaving: false,
         };
-        if let Err(err) = self.ctx.transport.send(&wire::SYSINFO, &self.envelope(msg)).await {
+        if let Err(err) = self
+            .ctx
+            .transport
+            .send(&wire::SYSINFO, &self.envelope(msg))
+            .await
+        {
             tracing::warn!(cause = %err, "could not send node stats");
         }
     }
@@ -468,11 +591,20 @@ async fn remove_dir(dir: PathBuf) {
 
 impl WorkerExecutor {
     fn worker(&self, ctx: &NodeContext) -> Worker {
-        let work_dir = self.config.work_dir.clone().unwrap_or_else(|| match &ctx.config.data_dir {
-            Some(dir) => dir.join("work"),
-            None => std::env::temp_dir().join(format!("kraken-work-{}", ctx.node)),
-        });
-        Worker { ctx: ctx.clone(), config: self.config.clone(), shared: Arc::clone(&self.shared), work_dir }
+        let work_dir = self
+            .config
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| match &ctx.config.data_dir {
+                Some(dir) => dir.join("work"),
+                None => std::env::temp_dir().join(format!("kraken-work-{}", ctx.node)),
+            });
+        Worker {
+            ctx: ctx.clone(),
+            config: self.config.clone(),
+            shared: Arc::clone(&self.shared),
+            work_dir,
+        }
     }
 }
 
@@ -486,11 +618,18 @@ impl Executor for WorkerExecutor {
         let worker = self.worker(ctx);
         tokio::fs::create_dir_all(&worker.work_dir)
             .await
-            .map_err(|e| SetupFailure::Other(format!("cannot create {}: {e}", worker.work_dir.display())))?;
+            .map_err(|e| {
+                SetupFailure::Other(format!("cannot create {}: {e}", worker.work_dir.display()))
+            })?;
 
         // Re-attach what the runtime still runs for this node.
-        let mine: Vec<InstanceInfo> =
-            ctx.runtime.list().await?.into_iter().filter(|i| i.node == ctx.node).collect();
+        let mine: Vec<InstanceInfo> = ctx
+            .runtime
+            .list()
+            .await?
+            .into_iter()
+            .filter(|i| i.node == ctx.node)
+            .collect();
         for info in mine {
             tracing::info!(deployment = %info.deployment, instance = %info.id, "re-attached instance");
             let logs = worker.follow_logs(&info);
@@ -501,7 +640,15 @@ impl Executor for WorkerExecutor {
             match shared.instances.get(&info.deployment) {
                 Some(t) if t.info.generation >= info.generation => {}
                 _ => {
-                    shared.instances.insert(info.deployment.clone(), Tracked { info, artifact: None, url, logs });
+                    shared.instances.insert(
+                        info.deployment.clone(),
+                        Tracked {
+                            info,
+                            artifact: None,
+                            url,
+                            logs,
+                        },
+                    );
                 }
             }
         }
@@ -553,20 +700,33 @@ impl Executor for WorkerExecutor {
 
     async fn execute(&mut self, ctx: &NodeContext) -> Result<(), ExecutionFailure> {
         let worker = self.worker(ctx);
-        let instances: Vec<(DeploymentId, InstanceId)> =
-            lock(&self.shared).instances.iter().map(|(d, t)| (d.clone(), t.info.id.clone())).collect();
+        let instances: Vec<(DeploymentId, InstanceId)> = lock(&self.shared)
+            .instances
+            .iter()
+            .map(|(d, t)| (d.clone(), t.info.id.clone()))
+            .collect();
         let sample_stats = ctx.runtime.capabilities().stats
-            && self.last_stats.is_none_or(|t| t.elapsed() >= self.config.stats_interval);
+            && self
+                .last_stats
+                .is_none_or(|t| t.elapsed() >= self.config.stats_interval);
         if sample_stats {
             self.last_stats = Some(tokio::time::Instant::now());
         }
         for (deployment, instance) in instances {
             let ended = match ctx.runtime.status(&instance).await {
                 Ok(InstanceState::Running) => None,
-                Ok(InstanceState::Exited { code: Some(code) }) => Some(format!("the app exited with code {code}")),
-                Ok(InstanceState::Exited { code: None }) => Some("the app was killed by a signal".to_owned()),
-                Ok(InstanceState::OomKilled) => Some("the app was killed: out of memory".to_owned()),
-                Err(crate::runtime::RuntimeError::NotFound { .. }) => Some("the app's instance disappeared".to_owned()),
+                Ok(InstanceState::Exited { code: Some(code) }) => {
+                    Some(format!("the app exited with code {code}"))
+                }
+                Ok(InstanceState::Exited { code: None }) => {
+                    Some("the app was killed by a signal".to_owned())
+                }
+                Ok(InstanceState::OomKilled) => {
+                    Some("the app was killed: out of memory".to_owned())
+                }
+                Err(crate::runtime::RuntimeError::NotFound { .. }) => {
+                    Some("the app's instance disappeared".to_owned())
+                }
                 Err(err) => {
                     tracing::warn!(instance = %instance, cause = %err, "cannot read instance status");
                     None
@@ -584,12 +744,22 @@ impl Executor for WorkerExecutor {
                     let generation = tracked.info.generation;
                     worker.note(&deployment, generation, reason.clone()).await;
                     worker.stop_instance(tracked).await;
-                    worker.report(&deployment, generation, DeploymentStatus::Errored(reason), None).await;
+                    worker
+                        .report(
+                            &deployment,
+                            generation,
+                            DeploymentStatus::Errored(reason),
+                            None,
+                        )
+                        .await;
                 }
                 continue;
             }
             if sample_stats && let Ok(stats) = ctx.runtime.stats(&instance).await {
-                let current = lock(&self.shared).instances.get(&deployment).map(|t| (t.info.clone(), t.url.clone()));
+                let current = lock(&self.shared)
+                    .instances
+                    .get(&deployment)
+                    .map(|t| (t.info.clone(), t.url.clone()));
                 if let Some((info, url)) = current {
                     let msg = DeploymentMessage {
                         deployment: deployment.clone(),
@@ -601,7 +771,11 @@ impl Executor for WorkerExecutor {
                         instance: Some(info.id.clone()),
                         stats: Some(stats),
                     };
-                    if let Err(err) = ctx.transport.send(&wire::DEPLOYMENT, &worker.envelope(msg)).await {
+                    if let Err(err) = ctx
+                        .transport
+                        .send(&wire::DEPLOYMENT, &worker.envelope(msg))
+                        .await
+                    {
                         tracing::debug!(cause = %err, "stats sample dropped");
                     }
                 }

@@ -17,7 +17,10 @@ pub struct LogLimits {
 
 impl Default for LogLimits {
     fn default() -> Self {
-        LogLimits { memory_bytes_per_deployment: 256 * 1024, file_bytes: 4 * 1024 * 1024 }
+        LogLimits {
+            memory_bytes_per_deployment: 256 * 1024,
+            file_bytes: 4 * 1024 * 1024,
+        }
     }
 }
 
@@ -57,7 +60,11 @@ pub(crate) struct LogStore {
 
 impl LogStore {
     pub(crate) fn new(limits: LogLimits, dir: Option<PathBuf>) -> Self {
-        LogStore { limits, dir, rings: HashMap::new() }
+        LogStore {
+            limits,
+            dir,
+            rings: HashMap::new(),
+        }
     }
 
     pub(crate) fn append(&mut self, id: &DeploymentId, lines: impl IntoIterator<Item = LogLine>) {
@@ -70,7 +77,9 @@ impl LogStore {
     }
 
     pub(crate) fn tail(&self, id: &DeploymentId, n: Option<usize>) -> Vec<LogLine> {
-        let Some(ring) = self.rings.get(id) else { return Vec::new() };
+        let Some(ring) = self.rings.get(id) else {
+            return Vec::new();
+        };
         let skip = n.map_or(0, |n| ring.lines.len().saturating_sub(n));
         ring.lines.iter().skip(skip).cloned().collect()
     }
@@ -108,17 +117,27 @@ impl LogStore {
 
     /// Loads the newest lines of every log file (blocking; called at start-up).
     pub(crate) fn load(&mut self) -> std::io::Result<()> {
-        let Some(dir) = self.dir.clone() else { return Ok(()) };
+        let Some(dir) = self.dir.clone() else {
+            return Ok(());
+        };
         std::fs::create_dir_all(&dir)?;
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-            let Some(stem) = name.strip_suffix(".log") else { continue };
-            let Ok(id) = DeploymentId::parse(stem) else { continue };
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some(stem) = name.strip_suffix(".log") else {
+                continue;
+            };
+            let Ok(id) = DeploymentId::parse(stem) else {
+                continue;
+            };
             let limit = self.limits.memory_bytes_per_deployment;
             let ring = self.rings.entry(id).or_default();
             for file in [path.with_extension("log.1"), path.clone()] {
-                let Ok(f) = std::fs::File::open(&file) else { continue };
+                let Ok(f) = std::fs::File::open(&file) else {
+                    continue;
+                };
                 for line in std::io::BufReader::new(f).lines() {
                     // A torn last line after a crash is skipped, not fatal.
                     if let Ok(parsed) = serde_json::from_str::<LogLine>(&line?) {
@@ -136,13 +155,23 @@ fn file_of(dir: &Path, id: &DeploymentId) -> PathBuf {
 }
 
 /// Appends lines to a deployment's log file, rotating it past the size bound (blocking).
-pub(crate) fn write_lines(dir: &Path, id: &DeploymentId, lines: &[LogLine], limits: LogLimits) -> std::io::Result<()> {
+pub(crate) fn write_lines(
+    dir: &Path,
+    id: &DeploymentId,
+    lines: &[LogLine],
+    limits: LogLimits,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let path = file_of(dir, id);
     if std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) >= limits.file_bytes {
         std::fs::rename(&path, path.with_extension("log.1"))?;
     }
-    let mut out = std::io::BufWriter::new(std::fs::OpenOptions::new().create(true).append(true).open(&path)?);
+    let mut out = std::io::BufWriter::new(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?,
+    );
     for line in lines {
         serde_json::to_writer(&mut out, line).map_err(std::io::Error::other)?;
         out.write_all(b"\n")?;
@@ -172,10 +201,16 @@ mod tests {
 
     #[test]
     fn ring_is_bounded_by_bytes() {
-        let limits = LogLimits { memory_bytes_per_deployment: 100, file_bytes: 1000 };
+        let limits = LogLimits {
+            memory_bytes_per_deployment: 100,
+            file_bytes: 1000,
+        };
         let mut store = LogStore::new(limits, None);
         let id = DeploymentId::random();
-        store.append(&id, (0..50).map(|i| LogLine::new(LogStream::Stdout, format!("line {i:04}"))));
+        store.append(
+            &id,
+            (0..50).map(|i| LogLine::new(LogStream::Stdout, format!("line {i:04}"))),
+        );
         let tail = store.tail(&id, None);
         assert_eq!(tail.len(), 11, "11 lines of 9 bytes fit in 100");
         assert_eq!(tail.last().unwrap().text, "line 0049");
@@ -185,12 +220,24 @@ mod tests {
     #[test]
     fn files_rotate_and_reload() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = LogLimits { memory_bytes_per_deployment: 1 << 20, file_bytes: 2_000 };
+        let limits = LogLimits {
+            memory_bytes_per_deployment: 1 << 20,
+            file_bytes: 2_000,
+        };
         let id = DeploymentId::random();
         for i in 0..100 {
-            write_lines(dir.path(), &id, &[LogLine::new(LogStream::Stdout, format!("line {i}"))], limits).unwrap();
+            write_lines(
+                dir.path(),
+                &id,
+                &[LogLine::new(LogStream::Stdout, format!("line {i}"))],
+                limits,
+            )
+            .unwrap();
         }
-        let total: u64 = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+        let total: u64 = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
         assert!(total <= 2 * 2_000 + 200, "disk use bounded, got {total}");
         let mut store = LogStore::new(limits, Some(dir.path().to_path_buf()));
         store.load().unwrap();

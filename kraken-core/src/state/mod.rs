@@ -118,7 +118,11 @@ pub struct StateConfig {
 
 impl Default for StateConfig {
     fn default() -> Self {
-        StateConfig { max_deployments: 100_000, logs: LogLimits::default(), flush_delay: Duration::from_millis(20) }
+        StateConfig {
+            max_deployments: 100_000,
+            logs: LogLimits::default(),
+            flush_delay: Duration::from_millis(20),
+        }
     }
 }
 
@@ -172,7 +176,9 @@ pub struct Database {
 
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Database").field("persistent", &self.store.is_some()).finish()
+        f.debug_struct("Database")
+            .field("persistent", &self.store.is_some())
+            .finish()
     }
 }
 
@@ -191,11 +197,17 @@ impl Database {
             let store = Store::open(&dir.join("state.redb"))?;
             let loaded = store.load()?;
             let mut logs = LogStore::new(limits, Some(dir.join("logs")));
-            logs.load().map_err(|e| StateError::Storage { path: dir.join("logs"), reason: e.to_string() })?;
+            logs.load().map_err(|e| StateError::Storage {
+                path: dir.join("logs"),
+                reason: e.to_string(),
+            })?;
             Ok::<_, StateError>((store, loaded, logs))
         })
         .await
-        .map_err(|e| StateError::Storage { path: data_dir.to_path_buf(), reason: e.to_string() })??;
+        .map_err(|e| StateError::Storage {
+            path: data_dir.to_path_buf(),
+            reason: e.to_string(),
+        })??;
         let db = Arc::new(Self::with(config, Some(Arc::new(store)), Some(logs)));
         {
             let mut inner = db.lock();
@@ -204,7 +216,11 @@ impl Database {
             }
             inner.epoch = loaded.epoch.unwrap_or(0);
         }
-        tokio::spawn(writer(Arc::downgrade(&db), Arc::clone(&db.persist), db.config.flush_delay));
+        tokio::spawn(writer(
+            Arc::downgrade(&db),
+            Arc::clone(&db.persist),
+            db.config.flush_delay,
+        ));
         Ok(db)
     }
 
@@ -267,13 +283,24 @@ impl Database {
         source::validate_branch(branch).map_err(|e| StateError::InvalidRequest(e.to_string()))?;
         let mut inner = self.lock();
         if inner.deployments.len() >= self.config.max_deployments {
-            return Err(StateError::Full { limit: self.config.max_deployments });
+            return Err(StateError::Full {
+                limit: self.config.max_deployments,
+            });
         }
-        let d = Deployment::new(DeploymentId::random(), url.to_owned(), branch.to_owned(), Timestamp::now());
+        let d = Deployment::new(
+            DeploymentId::random(),
+            url.to_owned(),
+            branch.to_owned(),
+            Timestamp::now(),
+        );
         inner.deployments.insert(d.id.clone(), d.clone());
         self.touched(&mut inner, &d.id);
         drop(inner);
-        self.emit(StateEvent::Deployment { id: d.id.clone(), status: d.status.clone(), generation: d.generation });
+        self.emit(StateEvent::Deployment {
+            id: d.id.clone(),
+            status: d.status.clone(),
+            generation: d.generation,
+        });
         Ok(d)
     }
 
@@ -301,7 +328,10 @@ impl Database {
     }
 
     /// Calls `f` on every deployment without copying them.
-    pub fn with_deployments<R>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &Deployment>) -> R) -> R {
+    pub fn with_deployments<R>(
+        &self,
+        f: impl FnOnce(&mut dyn Iterator<Item = &Deployment>) -> R,
+    ) -> R {
         let inner = self.lock();
         let mut it = inner.deployments.values();
         f(&mut it)
@@ -320,7 +350,11 @@ impl Database {
     /// Every known node, with the deployments placed on it filled in.
     pub fn nodes(&self) -> Vec<Node> {
         let inner = self.lock();
-        inner.nodes.values().map(|n| with_deployments(&inner, n)).collect()
+        inner
+            .nodes
+            .values()
+            .map(|n| with_deployments(&inner, n))
+            .collect()
     }
 
     /// One node.
@@ -333,7 +367,8 @@ impl Database {
     /// there is no such log.
     pub fn logs(&self, id: &DeploymentId, tail: Option<usize>) -> Option<Vec<LogLine>> {
         let inner = self.lock();
-        (inner.logs.contains(id) || inner.deployments.contains_key(id)).then(|| inner.logs.tail(id, tail))
+        (inner.logs.contains(id) || inner.deployments.contains_key(id))
+            .then(|| inner.logs.tail(id, tail))
     }
 
     /// The newest `tail` lines of a deployment's log (all kept lines if `None`) and a
@@ -348,7 +383,8 @@ impl Database {
         // Log events are sent while the lock is held, so every line appended after this
         // read reaches the receiver and none before it does.
         let receiver = self.events.subscribe();
-        (inner.logs.contains(id) || inner.deployments.contains_key(id)).then(|| (inner.logs.tail(id, tail), receiver))
+        (inner.logs.contains(id) || inner.deployments.contains_key(id))
+            .then(|| (inner.logs.tail(id, tail), receiver))
     }
 
     /// Deployments that have a log.
@@ -360,7 +396,10 @@ impl Database {
     pub async fn delete_log(&self, id: &DeploymentId) -> Result<bool, StateError> {
         let (existed, dir) = {
             let mut inner = self.lock();
-            (inner.logs.remove(id), inner.logs.dir().map(Path::to_path_buf))
+            (
+                inner.logs.remove(id),
+                inner.logs.dir().map(Path::to_path_buf),
+            )
         };
         if let Some(dir) = dir {
             let id = id.clone();
@@ -368,8 +407,14 @@ impl Database {
             let _guard = self.write_lock.lock().await;
             tokio::task::spawn_blocking(move || logs::delete_files(&dir, &id))
                 .await
-                .map_err(|e| StateError::Storage { path: path.clone(), reason: e.to_string() })?
-                .map_err(|e| StateError::Storage { path, reason: e.to_string() })?;
+                .map_err(|e| StateError::Storage {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?
+                .map_err(|e| StateError::Storage {
+                    path,
+                    reason: e.to_string(),
+                })?;
         }
         Ok(existed)
     }
@@ -406,7 +451,11 @@ impl Database {
         self.touched(&mut inner, id);
         drop(inner);
         if before != after {
-            self.emit(StateEvent::Deployment { id: id.clone(), status: after.0, generation: after.1 });
+            self.emit(StateEvent::Deployment {
+                id: id.clone(),
+                status: after.0,
+                generation: after.1,
+            });
         }
         Some(result)
     }
@@ -430,7 +479,10 @@ impl Database {
         }
         let outcome = if d.status == report.status {
             ReportOutcome::Updated
-        } else if d.transition(report.status.clone(), Timestamp::now()).is_ok() {
+        } else if d
+            .transition(report.status.clone(), Timestamp::now())
+            .is_ok()
+        {
             ReportOutcome::Transitioned
         } else {
             return ReportOutcome::Illegal;
@@ -447,7 +499,11 @@ impl Database {
         if report.stats.is_some() {
             d.stats = report.stats;
         }
-        let event = StateEvent::Deployment { id: d.id.clone(), status: d.status.clone(), generation: d.generation };
+        let event = StateEvent::Deployment {
+            id: d.id.clone(),
+            status: d.status.clone(),
+            generation: d.generation,
+        };
         let id = d.id.clone();
         self.touched(&mut inner, &id);
         drop(inner);
@@ -462,21 +518,26 @@ impl Database {
         let mut inner = self.lock();
         let now = Timestamp::now();
         let new = !inner.nodes.contains_key(&report.node);
-        let node = inner.nodes.entry(report.node.clone()).or_insert_with(|| Node {
-            id: report.node.clone(),
-            address: report.address.clone(),
-            stats: report.stats.clone(),
-            last_seen: now,
-            joined_at: now,
-            rank: u32::MAX,
-            deployments: Vec::new(),
-        });
+        let node = inner
+            .nodes
+            .entry(report.node.clone())
+            .or_insert_with(|| Node {
+                id: report.node.clone(),
+                address: report.address.clone(),
+                stats: report.stats.clone(),
+                last_seen: now,
+                joined_at: now,
+                rank: u32::MAX,
+                deployments: Vec::new(),
+            });
         node.address.clone_from(&report.address);
         node.stats = report.stats.clone();
         node.last_seen = now;
         drop(inner);
         self.changed.notify_one();
-        self.emit(StateEvent::Node { id: report.node.clone() });
+        self.emit(StateEvent::Node {
+            id: report.node.clone(),
+        });
         new
     }
 
@@ -505,12 +566,17 @@ impl Database {
         if !inner.seen.insert(message) || !inner.deployments.contains_key(&batch.deployment) {
             return false;
         }
-        inner.logs.append(&batch.deployment, batch.lines.iter().cloned());
+        inner
+            .logs
+            .append(&batch.deployment, batch.lines.iter().cloned());
         if self.store.is_some() {
             self.persist.notify_one();
         }
         // Sent under the lock: see `logs_and_subscribe`.
-        self.emit(StateEvent::Log { id: batch.deployment.clone(), lines: batch.lines.clone() });
+        self.emit(StateEvent::Log {
+            id: batch.deployment.clone(),
+            lines: batch.lines.clone(),
+        });
         drop(inner);
         true
     }
@@ -527,21 +593,35 @@ impl Database {
             self.persist.notify_one();
         }
         // Sent under the lock: see `logs_and_subscribe`.
-        self.emit(StateEvent::Log { id: id.clone(), lines: vec![line] });
+        self.emit(StateEvent::Log {
+            id: id.clone(),
+            lines: vec![line],
+        });
         drop(inner);
     }
 
     /// Writes every pending change to disk now (no-op without a data dir).
     pub async fn flush(&self) -> Result<(), StateError> {
-        let Some(store) = self.store.clone() else { return Ok(()) };
+        let Some(store) = self.store.clone() else {
+            return Ok(());
+        };
         let _guard = self.write_lock.lock().await;
         let (upserts, epoch, log_batches, log_dir, limits) = {
             let mut inner = self.lock();
             let dirty: Vec<DeploymentId> = inner.dirty.drain().collect();
-            let upserts: Vec<Deployment> = dirty.iter().filter_map(|id| inner.deployments.get(id).cloned()).collect();
+            let upserts: Vec<Deployment> = dirty
+                .iter()
+                .filter_map(|id| inner.deployments.get(id).cloned())
+                .collect();
             let epoch = std::mem::take(&mut inner.epoch_dirty).then_some(inner.epoch);
             let batches = inner.logs.take_pending();
-            (upserts, epoch, batches, inner.logs.dir().map(Path::to_path_buf), inner.logs.limits())
+            (
+                upserts,
+                epoch,
+                batches,
+                inner.logs.dir().map(Path::to_path_buf),
+                inner.logs.limits(),
+            )
         };
         if upserts.is_empty() && epoch.is_none() && log_batches.is_empty() {
             return Ok(());
@@ -550,14 +630,21 @@ impl Database {
             store.write(&upserts, &[], epoch)?;
             if let Some(dir) = log_dir {
                 for (id, lines) in &log_batches {
-                    logs::write_lines(&dir, id, lines, limits)
-                        .map_err(|e| StateError::Storage { path: dir.clone(), reason: e.to_string() })?;
+                    logs::write_lines(&dir, id, lines, limits).map_err(|e| {
+                        StateError::Storage {
+                            path: dir.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?;
                 }
             }
             Ok::<_, StateError>(())
         })
         .await
-        .map_err(|e| StateError::Storage { path: PathBuf::from("state.redb"), reason: e.to_string() })?
+        .map_err(|e| StateError::Storage {
+            path: PathBuf::from("state.redb"),
+            reason: e.to_string(),
+        })?
     }
 }
 
@@ -566,7 +653,9 @@ fn with_deployments(inner: &Inner, node: &Node) -> Node {
     n.deployments = inner
         .deployments
         .values()
-        .filter(|d| d.node.as_ref() == Some(&node.id) && !matches!(d.status, DeploymentStatus::Destroyed))
+        .filter(|d| {
+            d.node.as_ref() == Some(&node.id) && !matches!(d.status, DeploymentStatus::Destroyed)
+        })
         .map(|d| d.id.clone())
         .collect();
     n
@@ -627,47 +716,85 @@ mod tests {
         assert_eq!(db.apply_report(msg, &running), ReportOutcome::Transitioned);
         let history = db.deployment(&d.id).unwrap().history.len();
         assert_eq!(db.apply_report(msg, &running), ReportOutcome::Duplicate);
-        assert_eq!(db.apply_report(MessageId::random(), &running), ReportOutcome::Updated);
-        assert_eq!(db.deployment(&d.id).unwrap().history.len(), history, "no duplicate history entry");
+        assert_eq!(
+            db.apply_report(MessageId::random(), &running),
+            ReportOutcome::Updated
+        );
+        assert_eq!(
+            db.deployment(&d.id).unwrap().history.len(),
+            history,
+            "no duplicate history entry"
+        );
         let mut stale = report(&d, &node, DeploymentStatus::Errored("old".into()));
         stale.generation = 0;
-        assert_eq!(db.apply_report(MessageId::random(), &stale), ReportOutcome::Stale);
+        assert_eq!(
+            db.apply_report(MessageId::random(), &stale),
+            ReportOutcome::Stale
+        );
         let other = report(&d, &NodeId::random(), DeploymentStatus::Errored("x".into()));
-        assert_eq!(db.apply_report(MessageId::random(), &other), ReportOutcome::Stale);
+        assert_eq!(
+            db.apply_report(MessageId::random(), &other),
+            ReportOutcome::Stale
+        );
         let back = report(&d, &node, DeploymentStatus::BuildingDeployment);
-        assert_eq!(db.apply_report(MessageId::random(), &back), ReportOutcome::Illegal);
-        assert_eq!(db.deployment(&d.id).unwrap().status, DeploymentStatus::Running);
+        assert_eq!(
+            db.apply_report(MessageId::random(), &back),
+            ReportOutcome::Illegal
+        );
+        assert_eq!(
+            db.deployment(&d.id).unwrap().status,
+            DeploymentStatus::Running
+        );
         assert_eq!(db.deployment(&d.id).unwrap().port, Some(8080));
     }
 
     #[test]
     fn bad_requests_change_nothing() {
         let db = Database::in_memory(StateConfig::default());
-        assert!(matches!(db.request_destroy(&DeploymentId::random()), Err(StateError::UnknownDeployment(_))));
+        assert!(matches!(
+            db.request_destroy(&DeploymentId::random()),
+            Err(StateError::UnknownDeployment(_))
+        ));
         let d = db.create_deployment("file:///srv/app", "main").unwrap();
-        assert!(matches!(db.request_redeploy(&d.id), Err(StateError::Transition(_))));
+        assert!(matches!(
+            db.request_redeploy(&d.id),
+            Err(StateError::Transition(_))
+        ));
         assert_eq!(db.deployments().len(), 1);
         assert_eq!(db.deployment(&d.id).unwrap().history.len(), 1);
     }
 
     #[test]
     fn full_database_refuses() {
-        let db = Database::in_memory(StateConfig { max_deployments: 2, ..StateConfig::default() });
+        let db = Database::in_memory(StateConfig {
+            max_deployments: 2,
+            ..StateConfig::default()
+        });
         db.create_deployment("file:///a", "main").unwrap();
         db.create_deployment("file:///a", "main").unwrap();
-        assert!(matches!(db.create_deployment("file:///a", "main"), Err(StateError::Full { limit: 2 })));
+        assert!(matches!(
+            db.create_deployment("file:///a", "main"),
+            Err(StateError::Full { limit: 2 })
+        ));
     }
 
     #[test]
     fn logs_deduplicated_and_bounded_to_known_deployments() {
         let db = Database::in_memory(StateConfig::default());
         let d = db.create_deployment("file:///a", "main").unwrap();
-        let batch = LogMessage { deployment: d.id.clone(), generation: 1, lines: vec![LogLine::new(LogStream::Stdout, "hi")] };
+        let batch = LogMessage {
+            deployment: d.id.clone(),
+            generation: 1,
+            lines: vec![LogLine::new(LogStream::Stdout, "hi")],
+        };
         let id = MessageId::random();
         assert!(db.append_logs(id, &batch));
         assert!(!db.append_logs(id, &batch));
         assert_eq!(db.logs(&d.id, None).unwrap().len(), 1);
-        let unknown = LogMessage { deployment: DeploymentId::random(), ..batch };
+        let unknown = LogMessage {
+            deployment: DeploymentId::random(),
+            ..batch
+        };
         assert!(!db.append_logs(MessageId::random(), &unknown));
         assert!(db.logs(&unknown.deployment, None).is_none());
     }
@@ -676,15 +803,20 @@ mod tests {
     async fn state_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let (id, history) = {
-            let db = Database::open(dir.path(), StateConfig::default()).await.unwrap();
+            let db = Database::open(dir.path(), StateConfig::default())
+                .await
+                .unwrap();
             let d = db.create_deployment("file:///srv/app", "main").unwrap();
-            db.transition(&d.id, DeploymentStatus::ValidatingDeploymentData).unwrap();
+            db.transition(&d.id, DeploymentStatus::ValidatingDeploymentData)
+                .unwrap();
             db.note(&d.id, "validating");
             db.set_epoch(7);
             db.flush().await.unwrap();
             (d.id.clone(), db.deployment(&d.id).unwrap().history)
         };
-        let db = Database::open(dir.path(), StateConfig::default()).await.unwrap();
+        let db = Database::open(dir.path(), StateConfig::default())
+            .await
+            .unwrap();
         let d = db.deployment(&id).unwrap();
         assert_eq!(d.status, DeploymentStatus::ValidatingDeploymentData);
         assert_eq!(d.history, history);
@@ -698,7 +830,9 @@ mod tests {
     async fn background_writer_persists_without_explicit_flush() {
         let dir = tempfile::tempdir().unwrap();
         let id = {
-            let db = Database::open(dir.path(), StateConfig::default()).await.unwrap();
+            let db = Database::open(dir.path(), StateConfig::default())
+                .await
+                .unwrap();
             let id = db.create_deployment("file:///srv/app", "main").unwrap().id;
             // The writer batches for `flush_delay`; wait for the file to have it.
             for _ in 0..100 {
@@ -712,7 +846,9 @@ mod tests {
             }
             id
         };
-        let db = Database::open(dir.path(), StateConfig::default()).await.unwrap();
+        let db = Database::open(dir.path(), StateConfig::default())
+            .await
+            .unwrap();
         assert!(db.deployment(&id).is_some());
     }
 }

@@ -28,7 +28,10 @@ pub(crate) struct Store {
 fn storage<E: std::fmt::Display>(path: &Path, what: &str) -> impl FnOnce(E) -> StateError {
     let path = path.to_path_buf();
     let what = what.to_owned();
-    move |e| StateError::Storage { path, reason: format!("{what}: {e}") }
+    move |e| StateError::Storage {
+        path,
+        reason: format!("{what}: {e}"),
+    }
 }
 
 impl Store {
@@ -37,10 +40,14 @@ impl Store {
             std::fs::create_dir_all(parent).map_err(storage(path, "create data dir"))?;
         }
         let db = redb::Database::create(path).map_err(storage(path, "open"))?;
-        let store = Store { db, path: path.to_path_buf() };
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+        };
         // Make sure the tables exist so reads of a new file succeed.
         let tx = store.db.begin_write().map_err(storage(path, "begin"))?;
-        tx.open_table(DEPLOYMENTS).map_err(storage(path, "open table"))?;
+        tx.open_table(DEPLOYMENTS)
+            .map_err(storage(path, "open table"))?;
         tx.open_table(META).map_err(storage(path, "open table"))?;
         tx.commit().map_err(storage(path, "commit"))?;
         Ok(store)
@@ -49,7 +56,9 @@ impl Store {
     pub(crate) fn load(&self) -> Result<Loaded, StateError> {
         let p = &self.path;
         let tx = self.db.begin_read().map_err(storage(p, "begin read"))?;
-        let table = tx.open_table(DEPLOYMENTS).map_err(storage(p, "open table"))?;
+        let table = tx
+            .open_table(DEPLOYMENTS)
+            .map_err(storage(p, "open table"))?;
         let mut loaded = Loaded::default();
         for row in table.iter().map_err(storage(p, "iterate"))? {
             let (key, value) = row.map_err(storage(p, "read"))?;
@@ -73,21 +82,31 @@ impl Store {
     }
 
     /// Writes these deployments (and removes those given as removed) in one transaction.
-    pub(crate) fn write(&self, upserts: &[Deployment], removed: &[DeploymentId], epoch: Option<u64>) -> Result<(), StateError> {
+    pub(crate) fn write(
+        &self,
+        upserts: &[Deployment],
+        removed: &[DeploymentId],
+        epoch: Option<u64>,
+    ) -> Result<(), StateError> {
         let p = &self.path;
         let tx = self.db.begin_write().map_err(storage(p, "begin"))?;
         {
-            let mut table = tx.open_table(DEPLOYMENTS).map_err(storage(p, "open table"))?;
+            let mut table = tx
+                .open_table(DEPLOYMENTS)
+                .map_err(storage(p, "open table"))?;
             for d in upserts {
                 let bytes = serde_json::to_vec(d).map_err(storage(p, "encode"))?;
-                table.insert(d.id.as_str(), bytes.as_slice()).map_err(storage(p, "insert"))?;
+                table
+                    .insert(d.id.as_str(), bytes.as_slice())
+                    .map_err(storage(p, "insert"))?;
             }
             for id in removed {
                 table.remove(id.as_str()).map_err(storage(p, "remove"))?;
             }
             if let Some(epoch) = epoch {
                 let mut meta = tx.open_table(META).map_err(storage(p, "open table"))?;
-                meta.insert(EPOCH_KEY, epoch.to_le_bytes().as_slice()).map_err(storage(p, "insert"))?;
+                meta.insert(EPOCH_KEY, epoch.to_le_bytes().as_slice())
+                    .map_err(storage(p, "insert"))?;
             }
         }
         tx.commit().map_err(storage(p, "commit"))

@@ -74,7 +74,12 @@ impl Cluster {
             .build()
             .unwrap()
             .spawn();
-        Cluster { broker, db, orchestrator: Some(orchestrator), workers: Vec::new() }
+        Cluster {
+            broker,
+            db,
+            orchestrator: Some(orchestrator),
+            workers: Vec::new(),
+        }
     }
 
     pub fn in_memory() -> Self {
@@ -86,11 +91,21 @@ impl Cluster {
         let id = NodeId::parse(name).unwrap();
         let transport = self.broker.transport();
         let handle = self.start_worker(&id, Arc::clone(&runtime), transport.clone());
-        self.workers.push(WorkerNode { id: id.clone(), runtime, transport, handle: Some(handle) });
+        self.workers.push(WorkerNode {
+            id: id.clone(),
+            runtime,
+            transport,
+            handle: Some(handle),
+        });
         id
     }
 
-    fn start_worker(&self, id: &NodeId, runtime: Arc<dyn Runtime>, transport: MemoryTransport) -> AgentHandle {
+    fn start_worker(
+        &self,
+        id: &NodeId,
+        runtime: Arc<dyn Runtime>,
+        transport: MemoryTransport,
+    ) -> AgentHandle {
         Agent::builder(id.clone())
             .transport(Arc::new(transport))
             .runtime(runtime)
@@ -138,13 +153,21 @@ impl Cluster {
 pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
     let start = tokio::time::Instant::now();
     while !f() {
-        assert!(start.elapsed() < limit, "condition not reached within {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// Waits until the deployment reaches `kind` (panics with its history otherwise).
-pub async fn wait_status(db: &Database, id: &DeploymentId, kind: StatusKind, limit: Duration) -> Deployment {
+pub async fn wait_status(
+    db: &Database,
+    id: &DeploymentId,
+    kind: StatusKind,
+    limit: Duration,
+) -> Deployment {
     let start = tokio::time::Instant::now();
     loop {
         let d = db.deployment(id).unwrap();
@@ -153,8 +176,15 @@ pub async fn wait_status(db: &Database, id: &DeploymentId, kind: StatusKind, lim
         }
         if start.elapsed() > limit {
             let history: Vec<String> = d.history.iter().map(|c| c.status.to_string()).collect();
-            let logs: Vec<String> = db.logs(id, Some(20)).unwrap_or_default().into_iter().map(|l| l.text).collect();
-            panic!("{id} did not reach {kind:?} within {limit:?}; history: {history:?}; logs: {logs:?}");
+            let logs: Vec<String> = db
+                .logs(id, Some(20))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|l| l.text)
+                .collect();
+            panic!(
+                "{id} did not reach {kind:?} within {limit:?}; history: {history:?}; logs: {logs:?}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

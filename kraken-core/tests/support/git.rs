@@ -11,12 +11,23 @@ pub struct GitRepo {
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
-        .args(["-c", "user.name=Kraken Test", "-c", "user.email=test@kraken.invalid", "-c", "commit.gpgsign=false"])
+        .args([
+            "-c",
+            "user.name=Kraken Test",
+            "-c",
+            "user.email=test@kraken.invalid",
+            "-c",
+            "commit.gpgsign=false",
+        ])
         .args(args)
         .current_dir(dir)
         .output()
         .expect("git runs");
-    assert!(out.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -45,7 +56,10 @@ impl GitRepo {
             std::fs::write(path, content).unwrap();
         }
         git(self.dir.path(), &["add", "-A"]);
-        git(self.dir.path(), &["commit", "-q", "--allow-empty", "-m", message]);
+        git(
+            self.dir.path(),
+            &["commit", "-q", "--allow-empty", "-m", message],
+        );
         self.head()
     }
 
