@@ -10,6 +10,15 @@
 //! - Run: containers are named `kraken-<deployment>-<generation>`, publish the manifest's
 //!   port on the same host port when it is free (another one otherwise), get the manifest's
 //!   environment, `PORT`, and memory and CPU limits, and are never restarted by the daemon.
+//! - Start check: `start` watches the new container until the app accepts connections or
+//!   [`DockerConfig::start_grace`] is over; a container that ends before is a
+//!   [`RuntimeError::StartFailed`] with its exit code and last output, and is removed.
+//! - Re-attach: [`Runtime::list`] reports the running containers of the node label, read
+//!   back from their labels (host port included), so a new runtime value after a restart
+//!   of the worker manages them again. A container that ended while no runtime watched it
+//!   is removed on the way.
+//! - Stats: memory from one read, CPU % between two reads of the container's CPU counters,
+//!   as `docker stats` computes it.
 //! - Ownership: every container and image carries [`LABEL_MANAGED`] and [`LABEL_OWNER`] (the
 //!   configured node label). Only objects carrying both (with this runtime's node label) are
 //!   ever listed, stopped or removed; nothing is pruned.
@@ -685,6 +694,7 @@ impl Runtime for DockerRuntime {
                         "removing a container that ended while no worker watched it"
                     );
                     self.remove_container(&id).await?;
+                    self.cpu_samples().remove(&id);
                 }
                 continue;
             }
