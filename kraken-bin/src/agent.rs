@@ -12,8 +12,19 @@ use std::path::PathBuf;
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// The platform's RabbitMQ broker.
-    #[arg(long, env = "KRAKEN_AMQP_URL", value_name = "URL")]
+    #[arg(
+        long,
+        env = "KRAKEN_AMQP_URL",
+        value_name = "URL",
+        conflicts_with = "orchestrator"
+    )]
     pub amqp: Option<String>,
+    /// The orchestrator's HTTP address (`host:port`): the broker URL is asked from it.
+    #[arg(long, env = "KRAKEN_ORCHESTRATOR", value_name = "ADDR")]
+    pub orchestrator: Option<String>,
+    /// Prefix of the broker's queue and exchange names: one per platform sharing a broker.
+    #[arg(long, env = "KRAKEN_AMQP_PREFIX", default_value = "kraken")]
+    pub amqp_prefix: String,
     /// Where this node keeps its state (default: the user's data directory). Several agents
     /// on one machine need one each.
     #[arg(long, env = "KRAKEN_DATA_DIR")]
@@ -31,13 +42,19 @@ pub struct AgentArgs {
 
 /// Runs a worker until Ctrl-C.
 pub async fn run(args: AgentArgs) -> Result<()> {
-    let Some(amqp) = args.amqp.as_deref() else {
-        bail!("kraken agent needs the platform's broker: --amqp <url> (or KRAKEN_AMQP_URL)");
+    let amqp = match (args.amqp, args.orchestrator.as_deref()) {
+        (Some(url), _) => url,
+        (None, Some(addr)) => node::broker_from_orchestrator(addr).await?,
+        (None, None) => bail!(
+            "kraken agent needs the platform: --orchestrator <host:port> or --amqp <url> \
+             (or KRAKEN_ORCHESTRATOR / KRAKEN_AMQP_URL)"
+        ),
     };
+    let amqp = amqp.as_str();
     let data_dir = node::data_dir(args.data_dir).await?;
     let id = node::node_id(&data_dir).await?;
     let runtime = node::runtime(args.runtime, &data_dir, &id, &args.images).await?;
-    let transport = node::transport(Some(amqp)).await?;
+    let transport = node::transport(Some(amqp), &args.amqp_prefix).await?;
     println!(
         "kraken: worker {id}, runtime {}, broker {}",
         runtime.name(),

@@ -1,6 +1,6 @@
 //! What every kind of node needs: its data dir, its id, a runtime and a transport.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use kraken_core::model::NodeId;
 use kraken_core::runtime::Runtime;
@@ -118,24 +118,59 @@ async fn docker_runtime(_node: &NodeId, _images: &BaseImages) -> Result<Arc<dyn 
 
 /// The transport: a RabbitMQ broker when a URL is given, else the in-memory broker (which
 /// only reaches nodes of this process).
-pub async fn transport(amqp: Option<&str>) -> Result<Arc<dyn Transport>> {
+pub async fn transport(amqp: Option<&str>, prefix: &str) -> Result<Arc<dyn Transport>> {
     match amqp {
         None => Ok(Arc::new(MemoryBroker::default().transport())),
-        Some(url) => amqp_transport(url).await,
+        Some(url) => amqp_transport(url, prefix).await,
     }
 }
 
+/// The broker URL an orchestrator announces at `GET /platform`, so that joining needs only
+/// its HTTP address.
+pub async fn broker_from_orchestrator(addr: &str) -> Result<String> {
+    let base = if addr.contains("://") {
+        addr.trim_end_matches('/').to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    let url = format!("{base}/platform");
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .context("cannot build an HTTP client")?;
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the orchestrator at {url}"))?;
+    if !response.status().is_success() {
+        bail!("the orchestrator at {url} answered {}", response.status());
+    }
+    let platform: serde_json::Value = response
+        .json()
+        .await
+        .with_context(|| format!("{url} did not answer platform info"))?;
+    platform
+        .get("broker_url")
+        .or_else(|| platform.get("brokerUrl"))
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .with_context(|| {
+            format!("the orchestrator at {base} uses no broker (it was started without --amqp)")
+        })
+}
+
 #[cfg(feature = "amqp")]
-async fn amqp_transport(url: &str) -> Result<Arc<dyn Transport>> {
+async fn amqp_transport(url: &str, prefix: &str) -> Result<Arc<dyn Transport>> {
     use kraken_core::transport::amqp::{AmqpConfig, AmqpTransport};
-    let transport = AmqpTransport::connect(AmqpConfig::default().url(url))
+    let transport = AmqpTransport::connect(AmqpConfig::default().url(url).prefix(prefix))
         .await
         .with_context(|| format!("cannot connect to the broker at {}", redact(url)))?;
     Ok(Arc::new(transport))
 }
 
 #[cfg(not(feature = "amqp"))]
-async fn amqp_transport(_url: &str) -> Result<Arc<dyn Transport>> {
+async fn amqp_transport(_url: &str, _prefix: &str) -> Result<Arc<dyn Transport>> {
     anyhow::bail!("this build of kraken has no RabbitMQ transport")
 }
 

@@ -41,6 +41,12 @@ pub struct UpArgs {
     /// without it the platform is this process only.
     #[arg(long, env = "KRAKEN_AMQP_URL", value_name = "URL")]
     pub amqp: Option<String>,
+    /// Prefix of the broker's queue and exchange names: one per platform sharing a broker.
+    #[arg(long, env = "KRAKEN_AMQP_PREFIX", default_value = "kraken")]
+    pub amqp_prefix: String,
+    /// Run no apps on this machine: orchestrate only (workers join with `kraken agent`).
+    #[arg(long)]
+    pub no_worker: bool,
     /// Seconds without news from a node before its apps are placed elsewhere.
     #[arg(long, default_value_t = 5)]
     pub node_timeout: u64,
@@ -70,7 +76,7 @@ pub async fn run(args: UpArgs, token: Option<String>) -> Result<()> {
     let data_dir = node::data_dir(args.data_dir).await?;
     let node = node::node_id(&data_dir).await?;
     let runtime = node::runtime(args.runtime, &data_dir, &node, &args.images).await?;
-    let transport = node::transport(args.amqp.as_deref()).await?;
+    let transport = node::transport(args.amqp.as_deref(), &args.amqp_prefix).await?;
     let db = Database::open(&data_dir.join("orchestrator"), StateConfig::default())
         .await
         .context("cannot open the orchestrator state")?;
@@ -99,13 +105,15 @@ pub async fn run(args: UpArgs, token: Option<String>) -> Result<()> {
             ..OrchestratorConfig::default()
         },
     );
-    let agent = Agent::builder(node.clone())
+    let mut builder = Agent::builder(node.clone())
         .transport(Arc::clone(&transport))
         .runtime(Arc::clone(&runtime))
         .config(config)
-        .executor(orchestrator)
-        .executor(WorkerExecutor::new(WorkerConfig::default()))
-        .build()?;
+        .executor(orchestrator);
+    if !args.no_worker {
+        builder = builder.executor(WorkerExecutor::new(WorkerConfig::default()));
+    }
+    let agent = builder.build()?;
 
     println!("kraken: node {node}");
     println!("kraken: data dir {}", data_dir.display());

@@ -623,3 +623,69 @@ async fn reopen(path: &std::path::Path) -> Arc<Database> {
     }
     panic!("the state file stayed locked");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_ignore_work_from_an_older_epoch() {
+    let (cluster, fakes) = three_workers().await;
+    let repo = app("epochs");
+    let id = cluster
+        .db
+        .create_deployment(&repo.url(), "main")
+        .unwrap()
+        .id;
+    let d = wait_status(&cluster.db, &id, StatusKind::Running, LIMIT).await;
+    let node = d.node.clone().unwrap();
+    let w = cluster.workers.iter().position(|w| w.id == node).unwrap();
+    // The worker has heard the orchestrator announce epoch 1.
+    wait_until(LIMIT, || {
+        cluster.workers[w]
+            .handle
+            .as_ref()
+            .unwrap()
+            .context()
+            .epoch()
+            == 1
+    })
+    .await;
+    let starts_before = starts(&fakes[w]);
+    let transport: Arc<dyn Transport> = Arc::new(cluster.broker.transport());
+    let order = |epoch: u64, generation: u64| {
+        Envelope::new(
+            NodeId::parse("old-orchestrator").unwrap(),
+            epoch,
+            wire::WorkRequestMessage::RequestDeployment(Box::new(wire::DeploymentOrder {
+                deployment: id.clone(),
+                generation,
+                source_url: d.source_url.clone(),
+                branch: d.branch.clone(),
+                commit: d.commit.clone().unwrap(),
+                manifest: d.manifest.clone().unwrap(),
+            })),
+        )
+    };
+    transport
+        .send(&wire::work_channel(&node), &order(0, 50))
+        .await
+        .unwrap();
+    // A current-epoch order sent after it shows the stale one was consumed, not started.
+    transport
+        .send(&wire::work_channel(&node), &order(1, 51))
+        .await
+        .unwrap();
+    wait_until(LIMIT, || {
+        fakes[w].running().iter().any(|i| i.generation == 51)
+    })
+    .await;
+    assert_eq!(
+        starts(&fakes[w]),
+        starts_before + 1,
+        "only the current epoch's order ran"
+    );
+    assert!(
+        fakes[w]
+            .calls()
+            .iter()
+            .all(|c| !matches!(c, FakeCall::Build { generation: 50, .. }))
+    );
+    cluster.shutdown().await;
+}

@@ -1,0 +1,172 @@
+//! Kraken processes started by tests: an orchestrator (`kraken up`) and workers
+//! (`kraken agent`), each with its own data dir, killed when dropped.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const KRAKEN: &str = env!("CARGO_BIN_EXE_kraken");
+
+/// A `kraken` command with none of the user's settings.
+pub fn command(config: &Path) -> Command {
+    let mut cmd = Command::new(KRAKEN);
+    cmd.env("KRAKEN_CLI_CONFIG", config)
+        .env_remove("KRAKEN_API_TOKEN")
+        .env_remove("KRAKEN_ORCHESTRATOR")
+        .env_remove("KRAKEN_DATA_DIR")
+        .env_remove("KRAKEN_AMQP_URL")
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Polls `f` every 100 ms until it holds; panics after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not reached within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The orchestrator process.
+pub struct Orchestrator {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub addr: String,
+}
+
+impl Orchestrator {
+    /// `kraken up <args> --api-addr 127.0.0.1:0 --data-dir <dir>/data`; waits for its API.
+    pub fn start(dir: &Path, args: &[&str]) -> Orchestrator {
+        let log = std::fs::File::create(dir.join("up.log")).unwrap();
+        let mut child = command(&dir.join("cli.json"))
+            .arg("up")
+            .args(args)
+            .args(["--api-addr", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.join("data"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                let log = std::fs::read_to_string(dir.join("up.log")).unwrap_or_default();
+                panic!("kraken up did not announce its API; its log:\n{log}")
+            });
+            if let Some(a) = line.strip_prefix("kraken: API at http://") {
+                break a.to_owned();
+            }
+        };
+        Orchestrator {
+            child,
+            dir: dir.to_path_buf(),
+            addr,
+        }
+    }
+
+    /// Runs `kraken <args>` with the CLI config `kraken up` saved.
+    pub fn kraken(&self, args: &[&str]) -> Output {
+        command(&self.dir.join("cli.json"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `kraken --json <args>`, expecting success.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.kraken(&all);
+        assert!(
+            out.status.success(),
+            "kraken {all:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Every deployment, as `kraken --json ls` shows it.
+    pub fn deployments(&self) -> Vec<Value> {
+        self.json(&["ls"]).as_array().cloned().unwrap_or_default()
+    }
+
+    /// Destroys every deployment, then stops the process.
+    pub fn stop(&mut self) {
+        for d in self.deployments() {
+            if let Some(id) = d["id"].as_str() {
+                let _ = self.kraken(&["rm", id, "--wait", "--timeout", "60"]);
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Orchestrator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A worker process.
+pub struct Worker {
+    pub child: Child,
+    pub id: String,
+}
+
+impl Worker {
+    /// `kraken agent <args> --data-dir <dir>`; its node id is read from its data dir.
+    pub fn start(dir: &Path, args: &[&str]) -> Worker {
+        std::fs::create_dir_all(dir).unwrap();
+        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+        let child = command(&dir.join("cli.json"))
+            .arg("agent")
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let mut id = String::new();
+        wait_until(
+            Duration::from_secs(30),
+            "the agent wrote its node id",
+            || {
+                id = std::fs::read_to_string(dir.join("node-id")).unwrap_or_default();
+                !id.is_empty()
+            },
+        );
+        Worker { child, id }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
