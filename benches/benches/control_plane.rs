@@ -3,8 +3,9 @@
 //! needs no git), and the request→Running latency of each deployment.
 //!
 //! Run: `cargo bench -p kraken-benches --bench control_plane`. Besides criterion's timing
-//! of a batch, it prints placements per second and latency percentiles of a 1,000
-//! deployment run.
+//! of a batch, it prints placements per second and latency percentiles of a burst and of
+//! requests one at a time. With `KRAKEN_AMQP_URL` set it first does the same over that
+//! RabbitMQ broker with 20 workers.
 
 use async_trait::async_trait;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -16,6 +17,8 @@ use kraken_core::model::{DeploymentId, NodeId, NodeStats, StatusKind};
 use kraken_core::runtime::fake::FakeRuntime;
 use kraken_core::source::{Checkout, Fetcher, SourceError};
 use kraken_core::state::{Database, StateConfig, StateEvent};
+use kraken_core::transport::Transport;
+use kraken_core::transport::amqp::{AmqpConfig, AmqpTransport};
 use kraken_core::transport::memory::MemoryBroker;
 use std::collections::HashMap;
 use std::path::Path;
@@ -63,13 +66,36 @@ struct Platform {
     agents: Vec<AgentHandle>,
 }
 
-async fn platform() -> Platform {
-    let broker = MemoryBroker::default();
+/// Where nodes get their transport from.
+#[derive(Clone)]
+enum Net {
+    Memory(MemoryBroker),
+    Amqp { url: String, prefix: String },
+}
+
+impl Net {
+    async fn transport(&self) -> Arc<dyn Transport> {
+        match self {
+            Net::Memory(broker) => Arc::new(broker.transport()),
+            Net::Amqp { url, prefix } => Arc::new(
+                AmqpTransport::connect(
+                    AmqpConfig::default()
+                        .url(url.as_str())
+                        .prefix(prefix.as_str()),
+                )
+                .await
+                .expect("broker"),
+            ),
+        }
+    }
+}
+
+async fn platform(net: &Net, workers: usize) -> Platform {
     let db = Database::in_memory(StateConfig::default());
     let source: Arc<dyn Fetcher> = Arc::new(StaticSource);
     let mut agents = vec![
         Agent::builder(NodeId::random())
-            .transport(Arc::new(broker.transport()))
+            .transport(net.transport().await)
             .runtime(Arc::new(FakeRuntime::new()))
             .executor(OrchestrationExecutor::new(
                 Arc::clone(&db),
@@ -90,10 +116,10 @@ async fn platform() -> Platform {
         cpus: 4,
         ..NodeStats::default()
     }));
-    for _ in 0..WORKERS {
+    for _ in 0..workers {
         agents.push(
             Agent::builder(NodeId::random())
-                .transport(Arc::new(broker.transport()))
+                .transport(net.transport().await)
                 .runtime(Arc::new(FakeRuntime::new()))
                 .executor(WorkerExecutor::new(WorkerConfig {
                     source: Arc::clone(&source),
@@ -108,7 +134,7 @@ async fn platform() -> Platform {
                 .spawn(),
         );
     }
-    while db.nodes().len() < WORKERS {
+    while db.nodes().len() < workers {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Platform { db, agents }
@@ -184,27 +210,19 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let p = rt.block_on(platform());
-
-    // The figures of the note: one run of 1,000 deployments.
-    let (elapsed, mut latencies) = rt.block_on(batch(&p.db, 1000));
+/// Prints the figures of one platform: a burst of `burst` deployments, then 200 in a row.
+fn figures(rt: &tokio::runtime::Runtime, p: &Platform, label: &str, burst: usize) {
+    let (elapsed, mut latencies) = rt.block_on(batch(&p.db, burst));
     latencies.sort();
     println!(
-        "control plane, {WORKERS} workers, 1000 deployments: {:.0} placements/s (all Running in {:.2?}); request→Running p50 {:.2?}, p99 {:.2?}, max {:.2?}",
-        1000.0 / elapsed.as_secs_f64(),
+        "{label}, {burst} deployments at once: {:.0} placements/s (all Running in {:.2?}); request→Running p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+        burst as f64 / elapsed.as_secs_f64(),
         elapsed,
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         latencies[latencies.len() - 1],
     );
     rt.block_on(destroy_all(&p.db));
-
     // Latency of one request at a time (no queueing behind other deployments).
     let mut alone = Vec::new();
     for _ in 0..200 {
@@ -213,12 +231,38 @@ fn bench(c: &mut Criterion) {
     }
     alone.sort();
     println!(
-        "control plane, {WORKERS} workers, 200 sequential deployments: request→Running p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+        "{label}, 200 sequential deployments: request→Running p50 {:.2?}, p99 {:.2?}, max {:.2?}",
         percentile(&alone, 0.5),
         percentile(&alone, 0.99),
         alone[alone.len() - 1],
     );
     rt.block_on(destroy_all(&p.db));
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    // Over RabbitMQ when a broker is given (20 workers: one connection each).
+    if let Ok(url) = std::env::var("KRAKEN_AMQP_URL") {
+        let net = Net::Amqp {
+            url,
+            prefix: format!("kraken-bench-{}", std::process::id()),
+        };
+        let p = rt.block_on(platform(&net, 20));
+        figures(&rt, &p, "control plane over RabbitMQ, 20 workers", 200);
+        rt.block_on(async {
+            for a in p.agents {
+                let _ = a.shutdown().await;
+            }
+        });
+    }
+
+    let p = rt.block_on(platform(&Net::Memory(MemoryBroker::default()), WORKERS));
+    figures(&rt, &p, "control plane in memory, 100 workers", 1000);
 
     let mut group = c.benchmark_group("control_plane");
     group.sample_size(10);
