@@ -20,11 +20,14 @@
 //! - [`executor`]: the `Executor` trait and node context; the `worker` and `orchestrator`
 //!   executors.
 //! - [`state`]: the orchestrator's database: deployments, nodes, logs, persisted.
+//! - `api` (feature `api`): the orchestrator's HTTP API: REST, GraphQL, metrics, UI files.
 //! - [`agent`]: composition: a builder that takes transport, runtime and executors and runs
 //!   them until shutdown.
 #![deny(missing_docs)]
 
 pub mod agent;
+#[cfg(feature = "api")]
+pub mod api;
 pub mod executor;
 pub mod manifest;
 pub mod model;

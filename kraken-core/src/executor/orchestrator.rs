@@ -51,8 +51,11 @@ pub struct OrchestratorConfig {
     pub work_dir: Option<PathBuf>,
     /// Most validations (git fetches) at the same time.
     pub max_parallel_validations: usize,
-    /// The HTTP API address announced to nodes, when an API is served.
+    /// The HTTP API address announced to nodes (default: the address the API serves on).
     pub api_addr: Option<String>,
+    /// Serve the HTTP API from this orchestrator (started in `setup`, stopped with the node).
+    #[cfg(feature = "api")]
+    pub api: Option<crate::api::ApiConfig>,
 }
 
 impl std::fmt::Debug for OrchestratorConfig {
@@ -78,6 +81,8 @@ impl Default for OrchestratorConfig {
             work_dir: None,
             max_parallel_validations: 4,
             api_addr: None,
+            #[cfg(feature = "api")]
+            api: None,
         }
     }
 }
@@ -620,6 +625,11 @@ fn consume<M: Message, F>(
     F: FnMut(&Envelope<M>) + Send + 'static,
 {
     let stop = ctx.shutdown();
+    let kind = std::any::type_name::<M>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("message");
+    let handled = metrics::counter!("kraken_messages_handled_total", "message" => kind);
     ctx.spawn(async move {
         loop {
             let received = tokio::select! {
@@ -628,6 +638,7 @@ fn consume<M: Message, F>(
             };
             let Some(received) = received else { return };
             handle(&received.envelope);
+            handled.increment(1);
             settle(received).await;
         }
     });
@@ -642,6 +653,13 @@ impl Executor for OrchestrationExecutor {
     async fn setup(&mut self, ctx: &NodeContext) -> Result<(), SetupFailure> {
         if self.db.epoch() == 0 {
             self.db.set_epoch(1);
+        }
+        #[cfg(feature = "api")]
+        if let Some(api) = self.config.api.clone() {
+            let addr = crate::api::start(api, Arc::clone(&self.db), ctx)
+                .await
+                .map_err(|e| SetupFailure::Other(format!("API: {e}")))?;
+            self.config.api_addr.get_or_insert(addr);
         }
         ctx.set_platform(self.platform_info(ctx));
         tracing::info!(node = %ctx.node, epoch = self.db.epoch(), "orchestrator starting");
@@ -725,7 +743,10 @@ impl Executor for OrchestrationExecutor {
     }
 
     async fn execute(&mut self, ctx: &NodeContext) -> Result<(), ExecutionFailure> {
+        let started = Instant::now();
         self.reconcile(ctx).await;
+        metrics::histogram!("kraken_reconcile_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         Ok(())
     }
 

@@ -371,6 +371,22 @@ impl Database {
             .then(|| inner.logs.tail(id, tail))
     }
 
+    /// The newest `tail` lines of a deployment's log (all kept lines if `None`) and a
+    /// subscription to what comes next, taken together so that no line is missed or seen
+    /// twice in between. `None` when there is no such log.
+    pub fn logs_and_subscribe(
+        &self,
+        id: &DeploymentId,
+        tail: Option<usize>,
+    ) -> Option<(Vec<LogLine>, broadcast::Receiver<StateEvent>)> {
+        let inner = self.lock();
+        // Log events are sent while the lock is held, so every line appended after this
+        // read reaches the receiver and none before it does.
+        let receiver = self.events.subscribe();
+        (inner.logs.contains(id) || inner.deployments.contains_key(id))
+            .then(|| (inner.logs.tail(id, tail), receiver))
+    }
+
     /// Deployments that have a log.
     pub fn log_ids(&self) -> Vec<DeploymentId> {
         self.lock().logs.ids()
@@ -556,11 +572,12 @@ impl Database {
         if self.store.is_some() {
             self.persist.notify_one();
         }
-        drop(inner);
+        // Sent under the lock: see `logs_and_subscribe`.
         self.emit(StateEvent::Log {
             id: batch.deployment.clone(),
             lines: batch.lines.clone(),
         });
+        drop(inner);
         true
     }
 
@@ -575,11 +592,12 @@ impl Database {
         if self.store.is_some() {
             self.persist.notify_one();
         }
-        drop(inner);
+        // Sent under the lock: see `logs_and_subscribe`.
         self.emit(StateEvent::Log {
             id: id.clone(),
             lines: vec![line],
         });
+        drop(inner);
     }
 
     /// Writes every pending change to disk now (no-op without a data dir).

@@ -60,14 +60,16 @@ pub struct Cluster {
 impl Cluster {
     /// Starts an orchestrator node (orchestrator only) over `db`.
     pub fn new(db: Arc<Database>) -> Self {
+        Self::with_config(db, orchestrator_config())
+    }
+
+    /// Starts an orchestrator node (orchestrator only) over `db` with these settings.
+    pub fn with_config(db: Arc<Database>, config: OrchestratorConfig) -> Self {
         let broker = MemoryBroker::default();
         let orchestrator = Agent::builder(NodeId::parse("orchestrator").unwrap())
             .transport(Arc::new(broker.transport()))
             .runtime(Arc::new(kraken_core::runtime::fake::FakeRuntime::new()))
-            .executor(OrchestrationExecutor::new(
-                Arc::clone(&db),
-                orchestrator_config(),
-            ))
+            .executor(OrchestrationExecutor::new(Arc::clone(&db), config))
             .shutdown_grace(Duration::from_secs(5))
             .build()
             .unwrap()
