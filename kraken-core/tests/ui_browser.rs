@@ -20,6 +20,7 @@ mod cluster;
 mod git;
 
 use cluster::orchestrator_config;
+use fantoccini::actions::{InputSource, MouseActions, PointerAction};
 use fantoccini::elements::Element;
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -241,6 +242,13 @@ impl Browser {
 
     /// Screenshots the whole page at both widths as `<name>-<width>.png`.
     async fn screenshots(&self, name: &str) {
+        // The pointer rests on a blank margin, so that no link shows its hover style.
+        let rest = MouseActions::new("mouse".into()).then(PointerAction::MoveTo {
+            duration: None,
+            x: 4.0,
+            y: f64::from(NARROW.1 - 20),
+        });
+        self.client.perform_actions(rest).await.unwrap();
         for (width, height) in [WIDE, NARROW] {
             self.viewport(width, height).await;
             let full = self
@@ -424,8 +432,8 @@ async fn the_ui_deploys_follows_and_destroys_an_app() {
     .await;
     b.wait_text("#facts", "the node", |t| t.contains("ui-node"))
         .await;
-    // A few stats samples for the chart.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Some stats samples for the charts.
+    tokio::time::sleep(Duration::from_secs(10)).await;
     b.screenshots("deployment").await;
 
     // Nodes: the node with its charts drawn from at least two samples.

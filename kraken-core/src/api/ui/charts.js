@@ -5,6 +5,10 @@ import { h } from "./ui.js";
 const SVG = "http://www.w3.org/2000/svg";
 const HEIGHT = 150;
 const PAD = { top: 10, right: 12, bottom: 22, left: 44 };
+/** The time axis spans at least this much. */
+const MIN_WINDOW_MS = 60000;
+/** Distances between time labels, in ms. */
+const TIME_STEPS = [10000, 15000, 30000, 60000, 120000, 300000];
 
 function s(tag, attrs = {}, text) {
   const el = document.createElementNS(SVG, tag);
@@ -34,7 +38,8 @@ function fmtTick(value) {
  *
  * Options: `series`: `[{ label, values: [{ t, v }] }]` (`v` null leaves a gap); `unit` (shown
  * after values); `max` (fixed top of the axis, else the data's rounded up); `windowMs` (how
- * far back the time axis reaches); `now` (the right edge, client clock ms); `format(v)`.
+ * far back the time axis reaches at most: it starts at the oldest sample, but spans at least
+ * a minute); `now` (the right edge, client clock ms); `format(v)`.
  */
 export function createChart(title) {
   const svgHolder = h("div", { class: "chart-plot" });
@@ -44,7 +49,9 @@ export function createChart(title) {
 
   root.draw = (options) => {
     last = options;
-    const { series, unit = "", windowMs, now = Date.now() } = options;
+    const { series, unit = "", now = Date.now() } = options;
+    const oldest = Math.min(now, ...series.flatMap((line) => line.values.map((p) => p.t)));
+    const windowMs = Math.min(options.windowMs, Math.max(MIN_WINDOW_MS, now - oldest));
     const format = options.format || ((v) => `${fmtTick(v)}${unit ? ` ${unit}` : ""}`);
     const width = Math.max(240, Math.floor(svgHolder.clientWidth || root.clientWidth || 480));
     const plotW = width - PAD.left - PAD.right;
@@ -86,15 +93,14 @@ export function createChart(title) {
       svg.append(s("line", { x1: PAD.left, x2: width - PAD.right, y1: yy, y2: yy, class: i ? "gridline" : "axis" }));
       svg.append(s("text", { x: PAD.left - 6, y: yy + 4, class: "tick", "text-anchor": "end" }, fmtTick(v)));
     }
-    const minutes = Math.round(windowMs / 60000);
-    // About 70 px per label: every minute when there is room, fewer on a narrow chart.
-    const step = Math.max(1, Math.ceil(minutes / Math.max(1, Math.floor(plotW / 70))));
-    const short = plotW / (minutes / step) < 60;
-    for (let m = 0; m <= minutes; m += step) {
-      const xx = x(now - m * 60000);
+    // A time label about every 70 px, at a round number of seconds or minutes.
+    const wanted = windowMs / Math.max(1, Math.floor(plotW / 70));
+    const step = TIME_STEPS.find((t) => t >= wanted) || TIME_STEPS[TIME_STEPS.length - 1];
+    for (let back = 0; back <= windowMs + 1; back += step) {
+      const xx = x(now - back);
       svg.append(s("line", { x1: xx, x2: xx, y1: PAD.top, y2: PAD.top + plotH, class: "gridline" }));
-      const label = m === 0 ? "now" : short ? `−${m}m` : `−${m} min`;
-      const anchor = m === 0 ? "end" : m === minutes ? "start" : "middle";
+      const label = back === 0 ? "now" : back % 60000 === 0 ? `−${back / 60000} min` : `−${back / 1000} s`;
+      const anchor = back === 0 ? "end" : back + step > windowMs + 1 && xx < PAD.left + 30 ? "start" : "middle";
       svg.append(s("text", { x: xx, y: HEIGHT - 6, class: "tick", "text-anchor": anchor }, label));
     }
     series.forEach((line, i) => {

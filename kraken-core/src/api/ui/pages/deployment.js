@@ -116,8 +116,8 @@ export function render(main, rawId) {
   const actionError = h("div", { class: "form-error", id: "action-error", role: "alert", hidden: true });
   const factsBox = h("div", { id: "facts" }, h("p", { class: "muted" }, "Loading…"));
   const timelineBox = h("div", { id: "timeline-box" });
-  const cpuChart = createChart("CPU, % of one core (last 5 minutes)");
-  const memChart = createChart("Memory, MiB (last 5 minutes)");
+  const cpuChart = createChart("CPU, % of one core");
+  const memChart = createChart("Memory, MiB");
   const log = h("pre", { class: "log", id: "log", role: "log", tabindex: "0", "aria-label": "Log tail" });
   const logState = h("span", { class: "muted", id: "log-state" }, "connecting…");
   const follow = h("input", { type: "checkbox", id: "log-follow", checked: true });

@@ -115,8 +115,9 @@ function createRow(d) {
   const source = h("span", { class: "src" });
   const branch = h("span", { class: "branch" });
   replace(cells[0], link);
-  replace(cells[1], badge, reason);
-  replace(cells[2], source, " ", branch);
+  // One wrapper per cell: on narrow screens a cell is a two-column grid (label, content).
+  replace(cells[1], h("div", {}, badge, reason));
+  replace(cells[2], h("div", {}, source, " ", branch));
   const row = h("tr", { "data-id": d.id }, cells);
   row.parts = { cells, link, badge, reason, source, branch };
   return row;

@@ -24,8 +24,8 @@ function createCard(node) {
   const [addrRow, addr] = fact("Address");
   const [modelRow, model] = fact("Machine");
   const [seenRow, seen] = fact("Last report");
-  const usage = createChart("CPU and RAM, % (last 5 minutes)");
-  const loadChart = createChart("Load average, 1 min (last 5 minutes)");
+  const usage = createChart("CPU and RAM, %");
+  const loadChart = createChart("Load average, 1 min");
   const deployments = h("ul", { class: "deps" });
   const card = h("article", { class: "card node", id: `node-${node.id}`, "aria-labelledby": `node-${node.id}-title` },
     h("header", { class: "card-head" }, title, h("span", { class: "tags" }, rank, leader)),
@@ -95,7 +95,7 @@ export function render(main) {
   const empty = h("p", { class: "muted" }, "Loading…");
   main.append(
     heading("Nodes"),
-    h("p", { class: "lead" }, "Every machine of the platform. Charts cover the last five minutes, sampled every two seconds while the UI is open."),
+    h("p", { class: "lead" }, "Every machine of the platform. The charts reach back up to five minutes, sampled every two seconds while the UI is open."),
     empty,
     list);
   const draw = () => {
