@@ -1,15 +1,38 @@
-//! The `kraken` command: runs an agent (`kraken up`) and talks to a running platform.
+//! The `kraken` command: runs an agent (`kraken up`) and talks to a running platform
+//! (`kraken deploy`, `ls`, `nodes`, `logs`, `redeploy`, `rm`, `status`).
 //!
-//! Thin by design: parse arguments, set up logging, call the library.
+//! Thin by design: parse arguments, set up logging, call the library or the API.
 
+mod cli;
 mod up;
 
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+const AFTER_HELP: &str = "\
+Examples:
+  kraken up                                   start a platform on this machine; prints the
+                                              API address and token and saves them for the CLI
+  kraken deploy https://example.com/me/app.git --branch main --wait
+  kraken ls
+  kraken logs dep-0123abcd -f
+  kraken redeploy dep-0123abcd --wait
+  kraken rm dep-0123abcd
+  kraken --orchestrator 192.168.1.10:8000 --token \"$TOKEN\" status
+  kraken ls --json | jq -r '.[].id'
+
+Exit codes:
+  0  success
+  1  the operation failed (refused, unknown id, wrong token, the deployment failed)
+  2  usage error (bad arguments, no orchestrator address known)
+  3  the orchestrator cannot be reached";
 
 /// Kraken turns the spare machines on a LAN into one small app platform.
 #[derive(Debug, Parser)]
-#[command(name = "kraken", version, about, long_about = None)]
+#[command(name = "kraken", version, about, long_about = None, after_help = AFTER_HELP)]
 struct Cli {
+    #[command(flatten)]
+    global: cli::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -21,23 +44,31 @@ enum Command {
     /// Examples:
     ///   kraken up
     ///   kraken up --deploy https://example.com/me/app.git --branch main
-    ///   kraken up --runtime process --data-dir /var/lib/kraken
+    ///   kraken up --runtime process --data-dir /var/lib/kraken --api-addr 127.0.0.1:8000
     #[command(verbatim_doc_comment)]
     Up(up::UpArgs),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
-fn init_logging() {
+/// Logs go to stderr, so that output meant for people and scripts stays alone on stdout.
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
         .init();
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(if matches!(cli.command, Command::Up(_)) {
+        "info"
+    } else {
+        "warn"
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,19 +76,19 @@ fn main() -> std::process::ExitCode {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("kraken: cannot start the async runtime: {err}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
+    runtime.block_on(async {
         match cli.command {
-            Command::Up(args) => up::run(args).await,
+            Command::Up(args) => match up::run(args, cli.global.token).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("kraken: {err:#}");
+                    ExitCode::FAILURE
+                }
+            },
+            Command::Client(command) => cli::run(command, cli.global).await,
         }
-    });
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("kraken: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    })
 }

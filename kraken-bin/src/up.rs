@@ -1,8 +1,12 @@
 //! `kraken up`: a whole platform in one process.
 
+#[cfg(feature = "api")]
+use crate::cli::config::SavedConfig;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use kraken_core::agent::Agent;
+#[cfg(feature = "api")]
+use kraken_core::api::{ApiConfig, ApiToken};
 use kraken_core::executor::NodeConfig;
 use kraken_core::executor::orchestrator::{OrchestrationExecutor, OrchestratorConfig};
 use kraken_core::executor::worker::{WorkerConfig, WorkerExecutor};
@@ -46,6 +50,24 @@ pub struct UpArgs {
     /// Seconds without news from a node before its apps are placed elsewhere.
     #[arg(long, default_value_t = 5)]
     pub node_timeout: u64,
+    /// Where the HTTP API listens (0.0.0.0 = every interface; port 0 = any free port).
+    #[cfg(feature = "api")]
+    #[arg(long, default_value = "0.0.0.0:8000", value_name = "HOST:PORT")]
+    pub api_addr: std::net::SocketAddr,
+    /// The API token to require [default: the one in <data dir>/api-token, generated at
+    /// first start]
+    #[cfg(feature = "api")]
+    #[arg(
+        long,
+        env = "KRAKEN_API_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub api_token: Option<String>,
+    /// Require the token for reads too (queries, logs, metrics), not only for changes.
+    #[cfg(feature = "api")]
+    #[arg(long)]
+    pub require_token_for_queries: bool,
 }
 
 fn default_data_dir() -> Result<PathBuf> {
@@ -83,8 +105,9 @@ async fn choose_runtime(choice: RuntimeChoice, data_dir: &Path) -> Result<Arc<dy
     }
 }
 
-/// Runs the platform until Ctrl-C.
-pub async fn run(args: UpArgs) -> Result<()> {
+/// Runs the platform until Ctrl-C. `token` is the global `--token`, used when
+/// `--api-token` is not given.
+pub async fn run(args: UpArgs, token: Option<String>) -> Result<()> {
     let data_dir = match args.data_dir {
         Some(d) => d,
         None => default_data_dir()?,
@@ -102,10 +125,24 @@ pub async fn run(args: UpArgs) -> Result<()> {
         data_dir: Some(data_dir.clone()),
         address: args.address.clone(),
     };
+    #[cfg(feature = "api")]
+    let token = match args.api_token.as_ref().or(token.as_ref()) {
+        Some(token) => ApiToken::new(token).context("--api-token / KRAKEN_API_TOKEN")?,
+        None => ApiToken::load_or_create(&data_dir).await?,
+    };
+    #[cfg(not(feature = "api"))]
+    let _ = token;
     let orchestrator = OrchestrationExecutor::new(
         Arc::clone(&db),
         OrchestratorConfig {
             node_timeout: std::time::Duration::from_secs(args.node_timeout.max(1)),
+            #[cfg(feature = "api")]
+            api: Some(
+                ApiConfig::default()
+                    .bind(args.api_addr)
+                    .token(token.clone())
+                    .require_token_for_queries(args.require_token_for_queries),
+            ),
             ..OrchestratorConfig::default()
         },
     );
@@ -123,6 +160,31 @@ pub async fn run(args: UpArgs) -> Result<()> {
     println!("kraken: {} deployment(s) known", db.deployments().len());
 
     let handle = agent.spawn();
+    #[cfg(feature = "api")]
+    let handle = {
+        let Some(addr) = api_address(&handle).await else {
+            return handle
+                .shutdown()
+                .await
+                .context("the platform could not start");
+        };
+        // Saved before it is announced, so whoever reads the announcement can use the CLI.
+        let saved = SavedConfig {
+            orchestrator: Some(addr.clone()),
+            token: Some(token.as_str().to_owned()),
+        };
+        let saved = crate::cli::config::save(&saved);
+        println!("kraken: API at http://{addr}");
+        println!("kraken: API token {}", token.as_str());
+        match saved {
+            Ok(path) => println!(
+                "kraken: the kraken CLI on this machine uses it (saved in {})",
+                path.display()
+            ),
+            Err(err) => eprintln!("kraken: warning: {err:#}"),
+        }
+        handle
+    };
     if let Some(url) = &args.deploy {
         let deployment = db
             .create_deployment(url, &args.branch)
@@ -140,6 +202,23 @@ pub async fn run(args: UpArgs) -> Result<()> {
     println!("kraken: stopping (apps keep running; `kraken up` again re-attaches them)");
     handle.shutdown().await?;
     Ok(())
+}
+
+/// The API address the orchestrator announces once its API serves; `None` if the agent
+/// stopped first (its error says why).
+#[cfg(feature = "api")]
+async fn api_address(handle: &kraken_core::agent::AgentHandle) -> Option<String> {
+    let mut platform = handle.context().watch_platform();
+    let served = platform.wait_for(|p| p.as_ref().is_some_and(|p| p.api_addr.is_some()));
+    let stopped = async {
+        while !handle.is_finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        info = served => info.ok().and_then(|p| p.as_ref().and_then(|p| p.api_addr.clone())),
+        () = stopped => None,
+    }
 }
 
 /// Prints a deployment's progress and log until it runs or fails.

@@ -612,6 +612,21 @@ async fn subscriptions_stream_status_changes_and_log_lines() {
     );
     // The log subscription ends too.
     while logs.data("logs").await.is_some() {}
+    // Subscribing to what is already destroyed gets what there is, then the end.
+    one.subscribe(
+        "late",
+        &format!("subscription {{ deploymentChanged(deploymentId: \"{id}\") {{ status }} }}"),
+    )
+    .await;
+    assert_eq!(one.data("late").await.unwrap()["deploymentChanged"]["status"], "Destroyed");
+    assert!(one.data("late").await.is_none());
+    one.subscribe(
+        "late-logs",
+        &format!("subscription {{ logLines(deploymentId: \"{id}\", tail: 1) {{ text }} }}"),
+    )
+    .await;
+    assert!(one.data("late-logs").await.is_some());
+    assert!(one.data("late-logs").await.is_none());
 
     // Mutations over the websocket need the token as well.
     let mut anonymous = Ws::connect(&p, "graphql-transport-ws", json!({}))

@@ -706,15 +706,22 @@ impl SubscriptionRoot {
     ) -> Result<impl Stream<Item = DeploymentObject> + use<>> {
         let core = Arc::clone(core(ctx)?);
         let only = deployment_id.as_deref().map(parse_deployment).transpose()?;
-        if let Some(id) = &only
-            && core.db.deployment(id).is_none()
-        {
-            return Err(unknown_deployment(id));
-        }
         let permit = permit(&core)?;
         let events = core.db.subscribe();
+        // A deployment already destroyed is sent once, as it is; nothing more will happen.
+        let mut gone = None;
+        if let Some(id) = &only {
+            let d = core
+                .db
+                .deployment(id)
+                .ok_or_else(|| unknown_deployment(id))?;
+            if d.status.kind() == StatusKind::Destroyed {
+                gone = Some(DeploymentObject::new(d));
+            }
+        }
+        let done = gone.is_some();
         let db = Arc::clone(&core.db);
-        let stream = futures::stream::unfold((events, false), move |(mut events, done)| {
+        let rest = futures::stream::unfold((events, done), move |(mut events, done)| {
             let db = Arc::clone(&db);
             let only = only.clone();
             async move {
@@ -741,7 +748,11 @@ impl SubscriptionRoot {
                 }
             }
         });
-        Ok(bounded(&core, permit, stream))
+        Ok(bounded(
+            &core,
+            permit,
+            futures::stream::iter(gone).chain(rest),
+        ))
     }
 
     /// New lines of a deployment's log (after the newest `tail` kept ones, default none).
@@ -760,11 +771,19 @@ impl SubscriptionRoot {
             .logs_and_subscribe(&id, Some(tail))
             .ok_or_else(|| unknown_deployment(&id))?;
         let head = futures::stream::iter(head);
-        let rest = futures::stream::unfold((events, id), |(mut events, id)| async move {
+        // Nothing more comes for a deployment already destroyed (or of which only a log is left).
+        let gone = core
+            .db
+            .deployment(&id)
+            .is_none_or(|d| d.status.kind() == StatusKind::Destroyed);
+        let rest = futures::stream::unfold((events, id, gone), |(mut events, id, gone)| async move {
+            if gone {
+                return None;
+            }
             loop {
                 match events.recv().await {
                     Ok(StateEvent::Log { id: of, lines }) if of == id => {
-                        return Some((lines, (events, id)));
+                        return Some((lines, (events, id, false)));
                     }
                     Ok(StateEvent::Deployment { id: of, status, .. })
                         if of == id && status.kind() == StatusKind::Destroyed =>
@@ -986,6 +1005,29 @@ async fn graphiql() -> Html<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_schema_keeps_the_original_names() {
+        let sdl = sdl();
+        for name in [
+            "getDeployment(deploymentId: String!): Deployment!",
+            "getDeployments: [Deployment!]!",
+            "getNode(nodeId: String!): Node!",
+            "getNodes: [Node!]!",
+            "getPlatform: Platform!",
+            "getAvailableLogs: [String!]!",
+            "getPlatformServices: [PlatformService!]!",
+            "createDeployment(deploymentUrl: String!, gitBranch: String!): String!",
+            "pollRedeploy(deploymentId: String!): Boolean!",
+            "cancelDeployment(deploymentId: String!): Boolean!",
+            "deleteLog(logId: String!): Boolean!",
+            "deploymentChanged(deploymentId: String): Deployment!",
+            "loadAvg5: Float!",
+            "statusHistory: [StatusChange!]!",
+        ] {
+            assert!(sdl.contains(name), "{name} missing from:\n{sdl}");
+        }
+    }
 
     #[test]
     fn init_payload_tokens() {
