@@ -100,29 +100,46 @@ impl Drop for Driver {
     }
 }
 
-/// A Chrome DevTools command sent through chromedriver (to set the viewport: a headless
-/// window cannot be made narrower than 500 px).
+/// A chromedriver command outside the W3C set: `goog/cdp/execute` runs a Chrome DevTools
+/// command (to set the viewport: a headless window cannot be made narrower than 500 px),
+/// `se/log` reads the browser's console log.
 #[derive(Debug)]
-struct Cdp {
-    cmd: &'static str,
-    params: Value,
+struct Chromedriver {
+    path: &'static str,
+    body: Value,
 }
 
-impl WebDriverCompatibleCommand for Cdp {
+impl Chromedriver {
+    fn cdp(cmd: &str, params: Value) -> Self {
+        Chromedriver {
+            path: "goog/cdp/execute",
+            body: json!({ "cmd": cmd, "params": params }),
+        }
+    }
+
+    fn browser_log() -> Self {
+        Chromedriver {
+            path: "se/log",
+            body: json!({ "type": "browser" }),
+        }
+    }
+}
+
+impl WebDriverCompatibleCommand for Chromedriver {
     fn endpoint(
         &self,
         base_url: &url::Url,
         session_id: Option<&str>,
     ) -> Result<url::Url, url::ParseError> {
         base_url.join(&format!(
-            "session/{}/goog/cdp/execute",
-            session_id.unwrap_or_default()
+            "session/{}/{}",
+            session_id.unwrap_or_default(),
+            self.path
         ))
     }
 
     fn method_and_body(&self, _url: &url::Url) -> (http::Method, Option<String>) {
-        let body = json!({ "cmd": self.cmd, "params": self.params });
-        (http::Method::POST, Some(body.to_string()))
+        (http::Method::POST, Some(self.body.to_string()))
     }
 }
 
@@ -153,6 +170,7 @@ impl Browser {
         let mut caps = serde_json::Map::new();
         caps.insert("browserName".into(), json!("chrome"));
         caps.insert("goog:chromeOptions".into(), options);
+        caps.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
         let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
             .connect(&driver.url)
@@ -170,10 +188,10 @@ impl Browser {
 
     async fn viewport(&self, width: u32, height: u32) {
         self.client
-            .issue_cmd(Cdp {
-                cmd: "Emulation.setDeviceMetricsOverride",
-                params: json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false }),
-            })
+            .issue_cmd(Chromedriver::cdp(
+                "Emulation.setDeviceMetricsOverride",
+                json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false }),
+            ))
             .await
             .unwrap();
         // Lets the page react to the resize (charts redraw to the new width).
@@ -184,8 +202,22 @@ impl Browser {
         self.client.execute(script, vec![]).await.unwrap()
     }
 
-    /// Fails when the page logged an error or shows one in its error list.
+    /// Fails when the page logged an error (to the console, as seen by the page and by
+    /// chromedriver: failed loads too) or shows one in its error list.
     async fn assert_no_errors(&self, page: &str) {
+        let log = self
+            .client
+            .issue_cmd(Chromedriver::browser_log())
+            .await
+            .unwrap();
+        let severe: Vec<&Value> = log
+            .as_array()
+            .map(|entries| entries.iter().filter(|e| e["level"] == "SEVERE").collect())
+            .unwrap_or_default();
+        assert!(
+            severe.is_empty(),
+            "{page}: the browser logged errors: {severe:?}"
+        );
         let logged = self
             .js("return window.__krakenErrors || ['no error capture: index.html did not load'];")
             .await;
@@ -412,6 +444,34 @@ async fn the_ui_deploys_follows_and_destroys_an_app() {
     b.wait_text(&format!("{row} .badge"), "Running", |t| t == "Running")
         .await;
     assert!(b.text(&format!("{row} .src")).await.contains(&repo.url()));
+
+    // A repository whose manifest has a typo: the row turns Errored and says why.
+    let broken = GitRepo::with_manifest(
+        "[app]\nname = \"broken-app\"\n\n[config]\nprot = 8080\nlang = \"python\"\nrun = \"python3 app.py\"\n",
+    );
+    let url = b.find("#deploy-url").await;
+    url.send_keys(&broken.url()).await.unwrap();
+    b.find("#deploy-submit").await.click().await.unwrap();
+    let result = b
+        .wait_text("#create-result", "another id", |t| {
+            t.contains("dep-") && !t.contains(&id)
+        })
+        .await;
+    let broken_id = result
+        .split_whitespace()
+        .find(|w| w.starts_with("dep-"))
+        .unwrap()
+        .trim_end_matches('.')
+        .to_owned();
+    let broken_row = format!("#deployment-rows tr[data-id='{broken_id}']");
+    b.wait_text(&format!("{broken_row} .badge"), "Errored", |t| {
+        t == "Errored"
+    })
+    .await;
+    b.wait_text(&format!("{broken_row} .reason"), "the reason", |t| {
+        t.contains("prot")
+    })
+    .await;
     b.screenshots("deployments").await;
 
     // Its page: status, timeline, the log line the app printed, usage samples.
@@ -455,6 +515,14 @@ async fn the_ui_deploys_follows_and_destroys_an_app() {
         |t| t == "1",
     )
     .await;
+    b.wait_text(
+        "#status-counts li[data-status='Errored'] strong",
+        "one Errored",
+        |t| t == "1",
+    )
+    .await;
+    b.wait_text("#health", "degraded by the error", |t| t == "Degraded")
+        .await;
     b.screenshots("overview").await;
 
     // Info, reached with the keyboard: focus the link, press Enter.
