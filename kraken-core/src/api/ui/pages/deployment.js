@@ -53,7 +53,8 @@ function confirmDialog(title, text, confirmLabel) {
 
 /** A span of time, to the tenth of a second when short. */
 function fmtSpan(ms) {
-  return ms < 10000 ? `${(Math.max(0, ms) / 1000).toFixed(1)} s` : fmtDuration(ms / 1000);
+  if (ms < 100) return "< 0.1 s";
+  return ms < 10000 ? `${(ms / 1000).toFixed(1)} s` : fmtDuration(ms / 1000);
 }
 
 function timeline(d) {
