@@ -205,6 +205,21 @@ fn bench(c: &mut Criterion) {
     );
     rt.block_on(destroy_all(&p.db));
 
+    // Latency of one request at a time (no queueing behind other deployments).
+    let mut alone = Vec::new();
+    for _ in 0..200 {
+        let (_, l) = rt.block_on(batch(&p.db, 1));
+        alone.extend(l);
+    }
+    alone.sort();
+    println!(
+        "control plane, {WORKERS} workers, 200 sequential deployments: request→Running p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+        percentile(&alone, 0.5),
+        percentile(&alone, 0.99),
+        alone[alone.len() - 1],
+    );
+    rt.block_on(destroy_all(&p.db));
+
     let mut group = c.benchmark_group("control_plane");
     group.sample_size(10);
     group.bench_function("100_deployments_to_running_on_100_workers", |b| {

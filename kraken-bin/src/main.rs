@@ -3,7 +3,9 @@
 //!
 //! Thin by design: parse arguments, set up logging, call the library or the API.
 
+mod agent;
 mod cli;
+mod node;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +49,13 @@ enum Command {
     ///   kraken up --runtime process --data-dir /var/lib/kraken --api-addr 127.0.0.1:8000
     #[command(verbatim_doc_comment)]
     Up(up::UpArgs),
+    /// Join a platform as a worker.
+    ///
+    /// Examples:
+    ///   kraken agent --amqp amqp://kraken:secret@192.168.1.10:5672/%2f
+    ///   kraken agent --amqp amqp://127.0.0.1:5672/%2f --data-dir /tmp/worker-2
+    #[command(verbatim_doc_comment)]
+    Agent(agent::AgentArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -62,12 +71,23 @@ fn init_logging(default: &str) {
         .init();
 }
 
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("kraken: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(if matches!(cli.command, Command::Up(_)) {
-        "info"
-    } else {
+    // The agent commands log what they do; the client commands only problems.
+    init_logging(if matches!(cli.command, Command::Client(_)) {
         "warn"
+    } else {
+        "info"
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -81,13 +101,8 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Up(args) => match up::run(args, cli.global.token).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("kraken: {err:#}");
-                    ExitCode::FAILURE
-                }
-            },
+            Command::Up(args) => exit(up::run(args, cli.global.token).await),
+            Command::Agent(args) => exit(agent::run(args).await),
             Command::Client(command) => cli::run(command, cli.global).await,
         }
     })

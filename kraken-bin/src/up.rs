@@ -2,32 +2,19 @@
 
 #[cfg(feature = "api")]
 use crate::cli::config::SavedConfig;
-use anyhow::{Context, Result, bail};
-use clap::{Args, ValueEnum};
+use crate::node::{self, RuntimeChoice};
+use anyhow::{Context, Result};
+use clap::Args;
 use kraken_core::agent::Agent;
 #[cfg(feature = "api")]
 use kraken_core::api::{ApiConfig, ApiToken};
 use kraken_core::executor::NodeConfig;
 use kraken_core::executor::orchestrator::{OrchestrationExecutor, OrchestratorConfig};
 use kraken_core::executor::worker::{WorkerConfig, WorkerExecutor};
-use kraken_core::model::{DeploymentId, NodeId, StatusKind};
-use kraken_core::runtime::Runtime;
-use kraken_core::runtime::process::ProcessRuntime;
+use kraken_core::model::{DeploymentId, StatusKind};
 use kraken_core::state::{Database, StateConfig, StateEvent};
-use kraken_core::transport::memory::MemoryBroker;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-
-/// Which runtime runs the apps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum RuntimeChoice {
-    /// Docker when its daemon answers, else processes.
-    Auto,
-    /// Child processes running the manifest's `run` command.
-    Process,
-    /// Docker containers.
-    Docker,
-}
 
 /// Arguments of `kraken up`.
 #[derive(Debug, Args)]
@@ -47,6 +34,10 @@ pub struct UpArgs {
     /// Branch of `--deploy`.
     #[arg(long, default_value = "main", requires = "deploy")]
     pub branch: String,
+    /// A RabbitMQ broker for a platform of several machines (`kraken agent --amqp` joins it);
+    /// without it the platform is this process only.
+    #[arg(long, env = "KRAKEN_AMQP_URL", value_name = "URL")]
+    pub amqp: Option<String>,
     /// Seconds without news from a node before its apps are placed elsewhere.
     #[arg(long, default_value_t = 5)]
     pub node_timeout: u64,
@@ -70,57 +61,16 @@ pub struct UpArgs {
     pub require_token_for_queries: bool,
 }
 
-fn default_data_dir() -> Result<PathBuf> {
-    directories::ProjectDirs::from("", "", "kraken")
-        .map(|d| d.data_dir().to_path_buf())
-        .context("cannot find a data directory for this user; pass --data-dir")
-}
-
-/// The node id is kept in the data dir so that a restarted agent is the same node and
-/// re-attaches its apps.
-async fn node_id(data_dir: &Path) -> Result<NodeId> {
-    let path = data_dir.join("node-id");
-    match tokio::fs::read_to_string(&path).await {
-        Ok(text) => {
-            NodeId::parse(text.trim()).with_context(|| format!("{} is corrupt", path.display()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let id = NodeId::random();
-            tokio::fs::write(&path, id.as_str())
-                .await
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            Ok(id)
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
-
-async fn choose_runtime(choice: RuntimeChoice, data_dir: &Path) -> Result<Arc<dyn Runtime>> {
-    let process =
-        || -> Arc<dyn Runtime> { Arc::new(ProcessRuntime::new(data_dir.join("runtime"))) };
-    match choice {
-        RuntimeChoice::Process => Ok(process()),
-        RuntimeChoice::Docker => bail!("this build of kraken has no Docker runtime"),
-        RuntimeChoice::Auto => Ok(process()),
-    }
-}
-
 /// Runs the platform until Ctrl-C. `token` is the global `--token`, used when
 /// `--api-token` is not given.
 pub async fn run(args: UpArgs, token: Option<String>) -> Result<()> {
-    let data_dir = match args.data_dir {
-        Some(d) => d,
-        None => default_data_dir()?,
-    };
-    tokio::fs::create_dir_all(&data_dir)
-        .await
-        .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
-    let node = node_id(&data_dir).await?;
-    let runtime = choose_runtime(args.runtime, &data_dir).await?;
+    let data_dir = node::data_dir(args.data_dir).await?;
+    let node = node::node_id(&data_dir).await?;
+    let runtime = node::runtime(args.runtime, &data_dir).await?;
+    let transport = node::transport(args.amqp.as_deref()).await?;
     let db = Database::open(&data_dir.join("orchestrator"), StateConfig::default())
         .await
         .context("cannot open the orchestrator state")?;
-    let broker = MemoryBroker::default();
     let config = NodeConfig {
         data_dir: Some(data_dir.clone()),
         address: args.address.clone(),
@@ -147,7 +97,7 @@ pub async fn run(args: UpArgs, token: Option<String>) -> Result<()> {
         },
     );
     let agent = Agent::builder(node.clone())
-        .transport(Arc::new(broker.transport()))
+        .transport(Arc::clone(&transport))
         .runtime(Arc::clone(&runtime))
         .config(config)
         .executor(orchestrator)
@@ -156,7 +106,11 @@ pub async fn run(args: UpArgs, token: Option<String>) -> Result<()> {
 
     println!("kraken: node {node}");
     println!("kraken: data dir {}", data_dir.display());
-    println!("kraken: runtime {} (transport: in-memory)", runtime.name());
+    println!(
+        "kraken: runtime {}, transport {}",
+        runtime.name(),
+        transport.name()
+    );
     println!("kraken: {} deployment(s) known", db.deployments().len());
 
     let handle = agent.spawn();

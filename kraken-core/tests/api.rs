@@ -618,7 +618,10 @@ async fn subscriptions_stream_status_changes_and_log_lines() {
         &format!("subscription {{ deploymentChanged(deploymentId: \"{id}\") {{ status }} }}"),
     )
     .await;
-    assert_eq!(one.data("late").await.unwrap()["deploymentChanged"]["status"], "Destroyed");
+    assert_eq!(
+        one.data("late").await.unwrap()["deploymentChanged"]["status"],
+        "Destroyed"
+    );
     assert!(one.data("late").await.is_none());
     one.subscribe(
         "late-logs",

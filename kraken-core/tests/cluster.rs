@@ -586,9 +586,27 @@ async fn a_restarted_orchestrator_has_every_deployment_and_its_history_back() {
     );
     // And the platform carries on with it: the worker comes back, it stays Running, and a
     // destroy still works.
+    let instance = d.instance.clone().unwrap();
     let mut cluster = Cluster::new(Arc::clone(&db));
+    // The orchestrator is up before the worker reports: it must wait for it, not re-place.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.add_worker("worker-0", fake.clone() as Arc<dyn Runtime>);
     cluster.wait_nodes(1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let d = db.deployment(&id).unwrap();
+    assert_eq!(
+        (d.generation, d.status.clone()),
+        (1, DeploymentStatus::Running),
+        "{:?}",
+        d.history
+    );
+    assert_eq!(
+        fake.running()
+            .iter()
+            .map(|i| i.id.clone())
+            .collect::<Vec<_>>(),
+        vec![instance]
+    );
     db.request_destroy(&id).unwrap();
     wait_status(&db, &id, StatusKind::Destroyed, LIMIT).await;
     assert!(fake.running().is_empty());

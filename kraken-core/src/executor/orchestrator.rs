@@ -225,13 +225,13 @@ impl OrchestrationExecutor {
                 }
             }
         }
-        let o = observed(&self.observed);
-        self.db
-            .nodes()
-            .into_iter()
-            .map(|n| n.id)
-            .filter(|n| o.last_heard.contains_key(n))
-            .collect()
+        let mut live: Vec<NodeId> = observed(&self.observed)
+            .last_heard
+            .keys()
+            .cloned()
+            .collect();
+        live.sort();
+        live
     }
 
     async fn reconcile(&mut self, ctx: &NodeContext) {
@@ -243,7 +243,13 @@ impl OrchestrationExecutor {
             .into_iter()
             .map(|n| (n.id.clone(), (n.stats.ram_free_mb, n.stats.cpu_percent)))
             .collect();
-        let mut load: BTreeMap<NodeId, usize> = alive.iter().map(|n| (n.clone(), 0)).collect();
+        // Placement candidates: live nodes that reported. A node only presumed alive after a
+        // restart of the orchestrator gets no new work until it reports.
+        let mut load: BTreeMap<NodeId, usize> = alive
+            .iter()
+            .filter(|n| free_ram.contains_key(*n))
+            .map(|n| (n.clone(), 0))
+            .collect();
         for d in &deployments {
             if let Some(node) = &d.node
                 && (d.status.is_active() || d.status.kind() == StatusKind::UpdateRequested)
@@ -653,6 +659,18 @@ impl Executor for OrchestrationExecutor {
     async fn setup(&mut self, ctx: &NodeContext) -> Result<(), SetupFailure> {
         if self.db.epoch() == 0 {
             self.db.set_epoch(1);
+        }
+        // Nodes holding deployments when the state was saved are presumed alive for one
+        // node timeout, so a restarted orchestrator waits for their reports instead of
+        // placing everything again.
+        {
+            let now = Instant::now();
+            let mut o = observed(&self.observed);
+            for d in self.db.deployments() {
+                if let Some(node) = d.node.filter(|_| d.status.kind() != StatusKind::Destroyed) {
+                    o.last_heard.entry(node).or_insert(now);
+                }
+            }
         }
         #[cfg(feature = "api")]
         if let Some(api) = self.config.api.clone() {

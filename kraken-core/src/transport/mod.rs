@@ -9,6 +9,8 @@
 //! subscriber. Handlers must therefore be idempotent (the envelope's message id and the
 //! deployment generation make that easy).
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 pub mod memory;
 
 use crate::wire::{self, Channel, ChannelSpec, Envelope, Message, WireError};
