@@ -24,6 +24,9 @@ pub struct AgentArgs {
     /// Runtime for apps.
     #[arg(long, value_enum, default_value_t = RuntimeChoice::Auto)]
     pub runtime: RuntimeChoice,
+    /// Base images of the Docker runtime.
+    #[command(flatten)]
+    pub images: node::BaseImages,
 }
 
 /// Runs a worker until Ctrl-C.
@@ -33,7 +36,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     };
     let data_dir = node::data_dir(args.data_dir).await?;
     let id = node::node_id(&data_dir).await?;
-    let runtime = node::runtime(args.runtime, &data_dir).await?;
+    let runtime = node::runtime(args.runtime, &data_dir, &id, &args.images).await?;
     let transport = node::transport(Some(amqp)).await?;
     println!(
         "kraken: worker {id}, runtime {}, broker {}",

@@ -1,7 +1,7 @@
 //! What every kind of node needs: its data dir, its id, a runtime and a transport.
 
-use anyhow::{Context, Result, bail};
-use clap::ValueEnum;
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
 use kraken_core::model::NodeId;
 use kraken_core::runtime::Runtime;
 use kraken_core::runtime::process::ProcessRuntime;
@@ -54,15 +54,66 @@ pub async fn node_id(data_dir: &Path) -> Result<NodeId> {
     }
 }
 
-/// The runtime asked for; `Auto` picks Docker when its daemon answers.
-pub async fn runtime(choice: RuntimeChoice, data_dir: &Path) -> Result<Arc<dyn Runtime>> {
+/// What the Docker runtime builds apps from.
+#[derive(Debug, Clone, Args)]
+#[cfg_attr(not(feature = "docker"), allow(dead_code))]
+pub struct BaseImages {
+    /// Base image of Node apps (Docker runtime).
+    #[arg(long, env = "KRAKEN_NODE_IMAGE", default_value = "node:20-alpine")]
+    pub node_image: String,
+    /// Base image of Python apps (Docker runtime).
+    #[arg(long, env = "KRAKEN_PYTHON_IMAGE", default_value = "python:3.12-slim")]
+    pub python_image: String,
+    /// Base image of static sites, with busybox `httpd` (Docker runtime).
+    #[arg(long, env = "KRAKEN_STATIC_IMAGE", default_value = "busybox:stable")]
+    pub static_image: String,
+}
+
+/// The runtime asked for, saying on stdout why it was chosen; `Auto` picks Docker when its
+/// daemon answers. Docker is scoped to this node's id, so the containers of other agents on
+/// the same daemon are never touched.
+pub async fn runtime(
+    choice: RuntimeChoice,
+    data_dir: &Path,
+    node: &NodeId,
+    images: &BaseImages,
+) -> Result<Arc<dyn Runtime>> {
     let process =
         || -> Arc<dyn Runtime> { Arc::new(ProcessRuntime::new(data_dir.join("runtime"))) };
     match choice {
         RuntimeChoice::Process => Ok(process()),
-        RuntimeChoice::Docker => bail!("this build of kraken has no Docker runtime"),
-        RuntimeChoice::Auto => Ok(process()),
+        RuntimeChoice::Docker => docker_runtime(node, images)
+            .await
+            .context("--runtime docker: the Docker daemon is not usable"),
+        RuntimeChoice::Auto => match docker_runtime(node, images).await {
+            Ok(docker) => {
+                println!("kraken: the Docker daemon answers: apps run in containers");
+                Ok(docker)
+            }
+            Err(err) => {
+                println!("kraken: no Docker ({err:#}): apps run as processes");
+                Ok(process())
+            }
+        },
     }
+}
+
+#[cfg(feature = "docker")]
+async fn docker_runtime(node: &NodeId, images: &BaseImages) -> Result<Arc<dyn Runtime>> {
+    use kraken_core::runtime::docker::{DockerConfig, DockerRuntime};
+    let config = DockerConfig::default()
+        .node_label(node.as_str())
+        .node_image(&images.node_image)
+        .python_image(&images.python_image)
+        .static_image(&images.static_image);
+    let docker = DockerRuntime::connect(config)?;
+    docker.ping().await?;
+    Ok(Arc::new(docker))
+}
+
+#[cfg(not(feature = "docker"))]
+async fn docker_runtime(_node: &NodeId, _images: &BaseImages) -> Result<Arc<dyn Runtime>> {
+    anyhow::bail!("this build of kraken has no Docker runtime (feature `docker`)")
 }
 
 /// The transport: a RabbitMQ broker when a URL is given, else the in-memory broker (which
@@ -85,7 +136,7 @@ async fn amqp_transport(url: &str) -> Result<Arc<dyn Transport>> {
 
 #[cfg(not(feature = "amqp"))]
 async fn amqp_transport(_url: &str) -> Result<Arc<dyn Transport>> {
-    bail!("this build of kraken has no RabbitMQ transport")
+    anyhow::bail!("this build of kraken has no RabbitMQ transport")
 }
 
 /// A URL without its password, for messages.

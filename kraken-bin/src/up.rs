@@ -28,6 +28,9 @@ pub struct UpArgs {
     /// Runtime for apps.
     #[arg(long, value_enum, default_value_t = RuntimeChoice::Auto)]
     pub runtime: RuntimeChoice,
+    /// Base images of the Docker runtime.
+    #[command(flatten)]
+    pub images: node::BaseImages,
     /// Deploy this git repository right away.
     #[arg(long, value_name = "GIT_URL")]
     pub deploy: Option<String>,
@@ -66,7 +69,7 @@ pub struct UpArgs {
 pub async fn run(args: UpArgs, token: Option<String>) -> Result<()> {
     let data_dir = node::data_dir(args.data_dir).await?;
     let node = node::node_id(&data_dir).await?;
-    let runtime = node::runtime(args.runtime, &data_dir).await?;
+    let runtime = node::runtime(args.runtime, &data_dir, &node, &args.images).await?;
     let transport = node::transport(args.amqp.as_deref()).await?;
     let db = Database::open(&data_dir.join("orchestrator"), StateConfig::default())
         .await

@@ -6,11 +6,15 @@
 //! is added with, e.g.:
 //!
 //! ```text
-//! conformance!(docker, docker_backend(), #[ignore = "needs docker"]);
+//! conformance!(docker_runtime, docker::backend(), #[ignore = "needs docker"]);
 //! ```
 #![allow(clippy::unwrap_used)]
 
 mod support;
+
+#[cfg(feature = "docker")]
+#[path = "support/docker_images.rs"]
+mod docker_images;
 
 use kraken_core::runtime::fake::{self, FakeRuntime};
 use kraken_core::runtime::process::ProcessRuntime;
@@ -64,6 +68,8 @@ macro_rules! conformance {
 
 conformance!(fake_runtime, fake_backend());
 conformance!(process_runtime, process_backend());
+#[cfg(feature = "docker")]
+conformance!(docker_runtime, docker::backend(), #[ignore = "needs docker"]);
 
 /// The fake runtime, with apps scripted through their `[env]`.
 fn fake_backend() -> Backend {
@@ -112,6 +118,64 @@ fn process_backend() -> Backend {
             build_failure_text: "error: boom".into(),
         },
         guard: Box::new(state),
+    }
+}
+
+/// The Docker runtime, on a node label of its own per test (tests run in parallel), with
+/// apps as repositories with their own Dockerfile (`lang = "custom"`, the suite's manifest)
+/// on the locally made busybox image. Everything carrying the label is removed when the
+/// test ends.
+#[cfg(feature = "docker")]
+mod docker {
+    use super::docker_images;
+    use super::*;
+    use kraken_core::runtime::docker::{DockerConfig, DockerRuntime, LABEL_OWNER};
+
+    /// Removes the containers and images of one node label.
+    struct Cleanup(String);
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let script = format!(
+                "docker ps -aq --filter label={LABEL_OWNER}={0} | xargs -r docker rm -f -v; \
+                 docker images -q --filter label={LABEL_OWNER}={0} | xargs -r docker rmi -f",
+                self.0
+            );
+            let _ = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .output();
+        }
+    }
+
+    fn app(dockerfile_tail: &str) -> App {
+        let dockerfile = format!("FROM {}\n{dockerfile_tail}\n", docker_images::BUSYBOX);
+        App::new(manifest("docker-suite", 8080, None, None, &[]))
+            .with_file("Dockerfile", &dockerfile)
+    }
+
+    pub fn backend() -> Backend {
+        docker_images::ensure_blocking(docker_images::BUSYBOX).unwrap();
+        let label = format!("suite-{}", uuid::Uuid::new_v4().simple());
+        let runtime = DockerRuntime::connect(DockerConfig::default().node_label(&label)).unwrap();
+        Backend {
+            runtime: Arc::new(runtime),
+            apps: AppFixture {
+                hello: app("RUN echo building the hello app\n\
+                     COPY index.html /www/index.html\n\
+                     CMD echo hello from kraken && exec httpd -f -p 8080 -h /www")
+                .with_file("index.html", "<h1>kraken</h1>\n"),
+                hello_output: "hello from kraken".into(),
+                build_output: "building the hello app".into(),
+                serves_http: true,
+                exits_3: app("CMD echo running; sleep 2; exit 3"),
+                fails_to_start: app("CMD echo 'fatal: no config' >&2; exit 2"),
+                start_failure_text: "fatal: no config".into(),
+                build_fails: app("RUN echo compiling && exit 7"),
+                build_failure_text: "returned a non-zero code: 7".into(),
+            },
+            guard: Box::new(Cleanup(label)),
+        }
     }
 }
 

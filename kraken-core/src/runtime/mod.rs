@@ -23,6 +23,9 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
+#[cfg(feature = "docker")]
+pub mod docker;
+
 /// Where a runtime sends build output. Bounded: a runtime awaits (or drops lines) when the
 /// receiver is slow, it never buffers without limit.
 pub type LogSink = tokio::sync::mpsc::Sender<LogLine>;

@@ -36,9 +36,8 @@ pub struct AmqpConfig {
     /// Start of every queue and exchange name (`<prefix>.<channel>`), so that several
     /// platforms (or test runs) can share one broker without seeing each other.
     pub prefix: String,
-    /// Most unacknowledged deliveries one subscription holds at a time (AMQP prefetch);
-    /// also the size of the buffer between the broker connection and the subscription.
-    /// At least 1.
+    /// Most unacknowledged deliveries one subscription holds at a time (AMQP prefetch),
+    /// which also bounds what waits in memory for the subscription to be read. At least 1.
     pub prefetch: u16,
     /// Deliveries of one message before a requeue turns into dead-lettering (the poison
     /// limit). At least 1.
@@ -61,6 +60,9 @@ pub struct AmqpConfig {
     /// `None` (the default) keeps queues forever; tests set it so that their randomly
     /// named queues do not pile up on a shared broker.
     pub queue_expiry: Option<Duration>,
+    /// Most messages kept in the dead-letter queue; beyond it the oldest are dropped, so
+    /// a stream of garbage cannot fill the broker's disk.
+    pub dead_letter_limit: u32,
     /// The URL other nodes are told to use ([`broker_url`]); `None` means the connection
     /// URL without its password (unless it is RabbitMQ's default `guest` account).
     ///
@@ -81,6 +83,7 @@ impl Default for AmqpConfig {
             reconnect_max: Duration::from_secs(10),
             heartbeat: Duration::from_secs(10),
             queue_expiry: None,
+            dead_letter_limit: 10_000,
             advertise_url: None,
         }
     }
@@ -99,6 +102,7 @@ impl fmt::Debug for AmqpConfig {
             .field("reconnect_max", &self.reconnect_max)
             .field("heartbeat", &self.heartbeat)
             .field("queue_expiry", &self.queue_expiry)
+            .field("dead_letter_limit", &self.dead_letter_limit)
             .field(
                 "advertise_url",
                 &self
@@ -172,6 +176,13 @@ impl AmqpConfig {
     #[must_use]
     pub fn queue_expiry(mut self, expiry: Option<Duration>) -> Self {
         self.queue_expiry = expiry;
+        self
+    }
+
+    /// Sets how many messages the dead-letter queue keeps.
+    #[must_use]
+    pub fn dead_letter_limit(mut self, limit: u32) -> Self {
+        self.dead_letter_limit = limit;
         self
     }
 

@@ -12,7 +12,8 @@ use crate::transport::TransportError;
 use crate::wire::{ChannelKind, ChannelSpec};
 use futures::{Stream, StreamExt};
 use lapin::options::{
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicCancelOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -22,7 +23,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -31,16 +32,31 @@ use tokio_util::sync::CancellationToken;
 /// How often the supervisor looks at the connection state in case lapin reported no event.
 const HEALTH_CHECK: Duration = Duration::from_secs(1);
 
-/// Longest `delete` waits for the local consumers of a channel to be cancelled.
+/// Longest `delete` waits for the broker to cancel one local consumer.
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
-/// Controls one subscription task.
-#[derive(Clone)]
-pub(super) struct SubscriptionHandle {
+/// What `delete` needs to end a subscription of this transport.
+pub(super) struct SubscriptionControl {
     /// Cancelled to end the subscription (a child of the transport's shutdown).
     pub stop: CancellationToken,
-    /// Cancelled by the task when it is done and its consumer cancelled.
-    pub finished: CancellationToken,
+    /// The channel and tag of its registered consumer, if any; whoever takes them cancels
+    /// the consumer.
+    pub active: Mutex<Option<(Channel, ShortString)>>,
+}
+
+impl SubscriptionControl {
+    /// Cancels the registered consumer, if the subscription has not done it yet.
+    async fn cancel_consumer(&self) {
+        let Some((channel, tag)) = lock(&self.active).take() else {
+            return;
+        };
+        let cancelling = channel.basic_cancel(tag, BasicCancelOptions::default());
+        match tokio::time::timeout(STOP_WAIT, cancelling).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::debug!(cause = %err, "could not cancel a consumer"),
+            Err(_) => tracing::debug!("cancelling a consumer took too long"),
+        }
+    }
 }
 
 /// State shared by the transport handles, the supervisor and the subscription tasks.
@@ -56,12 +72,12 @@ pub(super) struct Shared {
     /// Every channel declared through this transport, declared again after a reconnect.
     known: Mutex<HashSet<ChannelSpec>>,
     /// The live subscriptions, by channel name, so `delete` can end them.
-    subscriptions: Mutex<HashMap<String, Vec<SubscriptionHandle>>>,
+    subscriptions: Mutex<HashMap<String, Vec<Weak<SubscriptionControl>>>>,
     /// The runtime, for settling dropped deliveries from `Drop`.
     pub runtime: tokio::runtime::Handle,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section is a single insert, remove or lookup: a panic elsewhere cannot
     // leave the data half-updated, so a poisoned lock is still usable.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
@@ -149,32 +165,36 @@ impl Shared {
     }
 
     /// Registers a new subscription of `channel`.
-    pub fn register_subscription(&self, channel: &str) -> SubscriptionHandle {
-        let handle = SubscriptionHandle {
+    pub fn register_subscription(&self, channel: &str) -> Arc<SubscriptionControl> {
+        let control = Arc::new(SubscriptionControl {
             stop: self.shutdown.child_token(),
-            finished: CancellationToken::new(),
-        };
+            active: Mutex::new(None),
+        });
         let mut subscriptions = lock(&self.subscriptions);
-        let handles = subscriptions.entry(channel.to_owned()).or_default();
-        handles.retain(|h| !h.finished.is_cancelled());
-        handles.push(handle.clone());
-        handle
+        subscriptions.retain(|_, controls| {
+            controls.retain(|c| c.strong_count() > 0);
+            !controls.is_empty()
+        });
+        subscriptions
+            .entry(channel.to_owned())
+            .or_default()
+            .push(Arc::downgrade(&control));
+        control
     }
 
-    /// Ends every subscription of `channel` made through this transport and waits (a
-    /// little) until their consumers are cancelled.
+    /// Ends every subscription of `channel` made through this transport and cancels their
+    /// consumers (waiting for the broker to confirm each, a little).
     pub async fn stop_subscriptions(&self, channel: &str) {
-        let handles = lock(&self.subscriptions)
+        let controls: Vec<Arc<SubscriptionControl>> = lock(&self.subscriptions)
             .remove(channel)
-            .unwrap_or_default();
-        for handle in &handles {
-            handle.stop.cancel();
+            .unwrap_or_default()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for control in &controls {
+            control.stop.cancel();
         }
-        let all_finished =
-            futures::future::join_all(handles.iter().map(|h| h.finished.cancelled()));
-        if tokio::time::timeout(STOP_WAIT, all_finished).await.is_err() {
-            tracing::debug!(channel, "subscriptions still stopping");
-        }
+        futures::future::join_all(controls.iter().map(|c| c.cancel_consumer())).await;
     }
 
     /// Opens a connection with its channels and dead-letter topology.
@@ -434,6 +454,14 @@ impl Session {
         arguments.insert(
             "x-queue-type".into(),
             AMQPValue::LongString("quorum".into()),
+        );
+        arguments.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(i64::from(shared.config.dead_letter_limit)),
+        );
+        arguments.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("drop-head".into()),
         );
         if let Some(expiry) = shared.config.queue_expiry {
             arguments.insert("x-expires".into(), millis(expiry));
@@ -795,6 +823,13 @@ mod tests {
         assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
         let second = backoff.next_delay();
         assert!(second >= Duration::from_millis(100) && second <= Duration::from_millis(200));
+        let mut previous_cap = Duration::from_millis(200);
+        for _ in 0..3 {
+            let delay = backoff.next_delay();
+            assert!(delay >= previous_cap && delay <= previous_cap * 2);
+            previous_cap *= 2;
+        }
+        // 100 ms * 2^5 = 3.2 s is past the cap: from now on the cap rules.
         for _ in 0..30 {
             let delay = backoff.next_delay();
             assert!(delay >= Duration::from_secs(1) && delay <= Duration::from_secs(2));

@@ -1,10 +1,10 @@
-//! Subscriptions: one task per subscription consumes on its own AMQP channel and feeds a
-//! bounded buffer that the [`Subscription`] stream reads. When the consumer ends for any
-//! reason but a deliberate stop (connection lost, consumer cancelled by the broker, queue
-//! deleted elsewhere) the task subscribes again on the next session, so the stream keeps
-//! going across reconnects.
+//! Subscriptions: each [`Subscription`] consumes on its own AMQP channel, reading lapin's
+//! consumer directly. When the consumer ends for any reason but a deliberate stop
+//! (connection lost, consumer cancelled by the broker, queue deleted elsewhere) the stream
+//! subscribes again on the next session, so it keeps going across reconnects; it ends on
+//! close, on `delete` of its channel, or when dropped.
 
-use super::connection::{Backoff, Failure, Session, Shared, short};
+use super::connection::{Backoff, Failure, Session, Shared, SubscriptionControl, lock, short};
 use crate::transport::{Acker, Delivery, Subscription, TransportError};
 use crate::wire::{ChannelKind, ChannelSpec};
 use async_trait::async_trait;
@@ -19,12 +19,11 @@ use lapin::{Channel, Consumer};
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Keeps the transport alive while a subscription runs; dropping the last one shuts the
 /// transport down.
@@ -44,165 +43,204 @@ pub(super) async fn subscribe(
     keep_alive: Arc<ShutdownOnDrop>,
     spec: ChannelSpec,
 ) -> Result<Subscription, TransportError> {
-    let buffer = usize::from(shared.config.prefetch_count());
-    let (tx, rx) = mpsc::channel(buffer);
-    let (ready_tx, ready_rx) = oneshot::channel();
-    let handle = shared.register_subscription(&spec.name);
-    let stop = handle.stop.clone();
-    let after = shared.config.publish_timeout;
-    let channel = spec.name.to_string();
-    let task = Consume {
+    let control = shared.register_subscription(&spec.name);
+    let stopped = Box::pin(control.stop.clone().cancelled_owned());
+    let backoff = Backoff::new(shared.config.reconnect_min, shared.config.reconnect_max);
+    let mut consume = Consume {
         shared,
         _keep_alive: keep_alive,
         spec,
-        tx,
-        stop: stop.clone(),
-        _finished: handle.finished.drop_guard(),
-        ready: Some(ready_tx),
+        control,
+        stopped,
+        active: None,
+        backoff,
         broadcast_counts: HashMap::new(),
     };
-    tokio::spawn(task.run());
-    match tokio::time::timeout(after, ready_rx).await {
-        Ok(Ok(Ok(()))) => Ok(Subscription::new(ReceiverStream::new(rx))),
-        Ok(Ok(Err(err))) => Err(err),
-        // The task ended without a word: the transport shut down.
-        Ok(Err(_)) => Err(TransportError::Closed),
+    let after = consume.shared.config.publish_timeout;
+    match tokio::time::timeout(after, consume.first_start()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => return Err(err),
         Err(_) => {
-            stop.cancel();
-            Err(TransportError::Timeout { channel, after })
+            return Err(TransportError::Timeout {
+                channel: consume.spec.name.to_string(),
+                after,
+            });
         }
     }
-}
-
-/// How a consumer ended.
-enum Ended {
-    /// Deliberately: close, delete, or the subscription was dropped.
-    Stopped,
-    /// Anything else: subscribe again.
-    Interrupted(Failure),
+    let stream = futures::stream::unfold(consume, |mut consume| async move {
+        let delivery = consume.next_delivery().await?;
+        Some((delivery, consume))
+    });
+    Ok(Subscription::new(stream))
 }
 
 /// Most payload fingerprints remembered per broadcast subscription to count redeliveries.
 const BROADCAST_COUNTS: usize = 1024;
 
+/// A registered consumer.
+struct Active {
+    /// The session it lives on, to classify its errors.
+    session: Arc<Session>,
+    consumer: Consumer,
+    context: Arc<Context>,
+    /// When it started, to reset the backoff after a stable period.
+    started: Instant,
+}
+
+/// The state behind one [`Subscription`]. It reads lapin's consumer directly, in the task
+/// that polls the subscription: no task or buffer in between, and the broker sends at most
+/// `prefetch` unacknowledged deliveries.
 struct Consume {
     shared: Arc<Shared>,
     _keep_alive: Arc<ShutdownOnDrop>,
     spec: ChannelSpec,
-    tx: mpsc::Sender<Delivery>,
-    stop: CancellationToken,
-    /// Tells `delete` that the consumer is gone, when the task ends.
-    _finished: DropGuard,
-    /// Told once the first consumer is registered (or could not be).
-    ready: Option<oneshot::Sender<Result<(), TransportError>>>,
+    control: Arc<SubscriptionControl>,
+    /// Completes when the subscription is stopped (close, delete); registered once.
+    stopped: Pin<Box<WaitForCancellationFutureOwned>>,
+    active: Option<Active>,
+    backoff: Backoff,
     /// Broadcast queues are classic queues without a broker-side delivery count: count
     /// redeliveries of a payload here (bounded, cleared when full).
     broadcast_counts: HashMap<u64, u32>,
 }
 
+/// What one wait on the consumer gave.
+// Lives on the stack for one match, moved straight into a `Delivery`: boxing it would cost
+// an allocation per message for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Delivery(lapin::message::Delivery),
+    Ended(Failure),
+    Stopped,
+}
+
 impl Consume {
-    async fn run(mut self) {
-        let mut backoff = Backoff::new(
-            self.shared.config.reconnect_min,
-            self.shared.config.reconnect_max,
-        );
+    /// Registers the first consumer, retrying transient failures; a refusal is an error.
+    async fn first_start(&mut self) -> Result<(), TransportError> {
         loop {
-            let session = tokio::select! {
-                session = self.shared.current_session() => match session {
-                    Ok(session) => session,
-                    Err(_) => return,
-                },
-                () = self.stop.cancelled() => return,
-                () = self.tx.closed() => return,
-            };
-            let started = Instant::now();
-            match self.consume_on(&session).await {
-                Ended::Stopped => return,
-                Ended::Interrupted(failure) => {
-                    if let Failure::Refused { .. } | Failure::Invalid(_) = failure
-                        && let Some(ready) = self.ready.take()
-                    {
-                        // The very first attempt was refused: tell `subscribe`, not a log.
-                        let _ = ready.send(Err(failure.into_error(&self.spec.name)));
-                        return;
-                    }
+            let session = self.shared.current_session().await?;
+            match self.start(&session).await {
+                Ok(active) => {
+                    self.active = Some(active);
+                    return Ok(());
+                }
+                Err(Failure::Transient(reason)) => {
+                    tracing::debug!(channel = %self.spec, cause = %reason, "subscribing failed; retrying");
                     session.check();
-                    if self.ready.is_none() {
-                        tracing::warn!(channel = %self.spec, generation = session.generation, cause = %failure.reason(), "consumer interrupted; subscribing again");
+                    tokio::time::sleep(self.backoff.next_delay()).await;
+                }
+                Err(refused) => return Err(refused.into_error(&self.spec.name)),
+            }
+        }
+    }
+
+    /// The next delivery; `None` once the subscription is stopped or the transport closed.
+    async fn next_delivery(&mut self) -> Option<Delivery> {
+        loop {
+            if self.control.stop.is_cancelled() {
+                self.finish();
+                return None;
+            }
+            let Some(active) = self.active.as_mut() else {
+                let session = tokio::select! {
+                    biased;
+                    () = self.stopped.as_mut() => None,
+                    session = self.shared.current_session() => session.ok(),
+                };
+                let Some(session) = session else {
+                    self.finish();
+                    return None;
+                };
+                match self.start(&session).await {
+                    Ok(active) => {
+                        tracing::info!(channel = %self.spec, generation = session.generation, "consuming again");
+                        self.active = Some(active);
                     }
-                    if started.elapsed() > self.shared.config.reconnect_max {
-                        backoff.reset();
+                    Err(failure) => {
+                        if !self.pause_after(&session, &failure, None).await {
+                            self.finish();
+                            return None;
+                        }
                     }
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff.next_delay()) => {}
-                        () = self.stop.cancelled() => return,
-                        () = self.tx.closed() => return,
+                }
+                continue;
+            };
+            let next = tokio::select! {
+                biased;
+                () = self.stopped.as_mut() => Next::Stopped,
+                next = active.consumer.next() => match next {
+                    Some(Ok(delivery)) => Next::Delivery(delivery),
+                    Some(Err(err)) => Next::Ended(active.session.failure(err)),
+                    None => Next::Ended(Failure::Transient(
+                        "the broker cancelled the consumer".to_owned(),
+                    )),
+                },
+            };
+            match next {
+                Next::Delivery(delivery) => {
+                    let context = Arc::clone(&active.context);
+                    return Some(self.wrap(delivery, &context));
+                }
+                Next::Stopped => {
+                    self.finish();
+                    return None;
+                }
+                Next::Ended(failure) => {
+                    let Some(ended) = self.active.take() else {
+                        continue;
+                    };
+                    lock(&self.control.active).take();
+                    let (session, started) = (Arc::clone(&ended.session), ended.started);
+                    drop(ended);
+                    if !self.pause_after(&session, &failure, Some(started)).await {
+                        self.finish();
+                        return None;
                     }
                 }
             }
         }
     }
 
-    /// Consumes on one session until it ends.
-    async fn consume_on(&mut self, session: &Session) -> Ended {
-        let (channel, mut consumer) = match self.start(session).await {
-            Ok(started) => started,
-            Err(failure) => return Ended::Interrupted(failure),
-        };
-        if let Some(ready) = self.ready.take() {
-            let _ = ready.send(Ok(()));
+    /// Logs an interruption and waits before subscribing again; `false` if stopped
+    /// meanwhile.
+    async fn pause_after(
+        &mut self,
+        session: &Session,
+        failure: &Failure,
+        started: Option<Instant>,
+    ) -> bool {
+        session.check();
+        tracing::warn!(channel = %self.spec, generation = session.generation, cause = %failure.reason(), "consumer interrupted; subscribing again");
+        if started.is_some_and(|at| at.elapsed() > self.shared.config.reconnect_max) {
+            self.backoff.reset();
         }
-        tracing::debug!(channel = %self.spec, generation = session.generation, "consuming");
-        let context = Arc::new(Context {
-            channel: channel.clone(),
-            name: self.spec.name.to_string(),
-            limit: self.shared.config.delivery_limit(),
-            runtime: self.shared.runtime.clone(),
-        });
-        // Registered once, not per message: this loop is the hot path of every delivery.
-        let stop = self.stop.clone();
-        let tx = self.tx.clone();
-        let stopped = async {
-            tokio::select! {
-                () = stop.cancelled() => {}
-                () = tx.closed() => {}
-            }
-        };
-        tokio::pin!(stopped);
-        loop {
-            let next = tokio::select! {
-                biased;
-                () = &mut stopped => break,
-                next = consumer.next() => next,
-            };
-            let delivery = match next {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(err)) => return Ended::Interrupted(session.failure(err)),
-                None => {
-                    return Ended::Interrupted(Failure::Transient(
-                        "the broker cancelled the consumer".to_owned(),
-                    ));
-                }
-            };
-            let delivery = self.wrap(delivery, &context);
-            let sent = match self.tx.try_send(delivery) {
-                Ok(()) => Ok(()),
-                Err(mpsc::error::TrySendError::Full(delivery)) => tokio::select! {
-                    sent = self.tx.send(delivery) => sent.map_err(drop),
-                    () = &mut stopped => Err(()),
-                },
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
-            };
-            if sent.is_err() {
-                break;
-            }
+        let delay = self.backoff.next_delay();
+        tokio::select! {
+            biased;
+            () = self.stopped.as_mut() => false,
+            () = tokio::time::sleep(delay) => true,
         }
-        cancel(&channel, consumer, &self.spec).await;
-        Ended::Stopped
+    }
+
+    /// Ends the consumer: cancels it (unless `delete` already does) and gives back what it
+    /// prefetched, in the background.
+    fn finish(&mut self) {
+        let Some(active) = self.active.take() else {
+            return;
+        };
+        let ours = lock(&self.control.active).take();
+        if let Some((channel, _)) = ours
+            && channel.status().connected()
+        {
+            let spec = self.spec.clone();
+            self.shared.runtime.spawn(async move {
+                cancel(&channel, active.consumer, &spec).await;
+            });
+        }
     }
 
     /// Opens a channel, declares what the channel needs and registers a consumer.
-    async fn start(&mut self, session: &Session) -> Result<(Channel, Consumer), Failure> {
+    async fn start(&mut self, session: &Arc<Session>) -> Result<Active, Failure> {
         let shared = &self.shared;
         let channel = session.open_channel().await?;
         channel
@@ -253,13 +291,26 @@ impl Consume {
         let consumer = channel
             .basic_consume(
                 queue,
-                tag,
+                tag.clone(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
             .map_err(|err| session.failure(err))?;
-        Ok((channel, consumer))
+        *lock(&self.control.active) = Some((channel.clone(), tag));
+        tracing::debug!(channel = %self.spec, generation = session.generation, "consuming");
+        let context = Arc::new(Context {
+            channel,
+            name: self.spec.name.to_string(),
+            limit: shared.config.delivery_limit(),
+            runtime: shared.runtime.clone(),
+        });
+        Ok(Active {
+            session: Arc::clone(session),
+            consumer,
+            context,
+            started: Instant::now(),
+        })
     }
 
     fn wrap(&mut self, delivery: lapin::message::Delivery, context: &Arc<Context>) -> Delivery {
@@ -297,6 +348,12 @@ impl Consume {
         let count = self.broadcast_counts.entry(key).or_insert(1);
         *count = count.saturating_add(1);
         *count
+    }
+}
+
+impl Drop for Consume {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 

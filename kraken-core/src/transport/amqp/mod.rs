@@ -6,8 +6,8 @@
 //! - [`AmqpConfig`] (`config`): URL, name prefix, prefetch, poison limit, timeouts, backoff.
 //! - `connection`: the connection, its supervisor (reconnect with backoff and jitter,
 //!   declare again) and the topology: queue arguments, dead letters.
-//! - `consume`: one task per subscription, the bounded buffer to the [`Subscription`] and
-//!   the acknowledgement of deliveries.
+//! - `consume`: the [`Subscription`] stream (which reads lapin's consumer directly and
+//!   subscribes again after an interruption) and the acknowledgement of deliveries.
 //!
 //! # Topology
 //!
@@ -15,7 +15,7 @@
 //! |---|---|
 //! | queue channel `name` | durable **quorum** queue `<prefix>.<name>`, reached through the default exchange; messages are persistent (delivery mode 2) |
 //! | broadcast channel `name` | durable fanout exchange `<prefix>.<name>`; each subscriber binds its own exclusive, auto-delete, server-named queue |
-//! | dead letters | fanout exchange and quorum queue `<prefix>.dead` (so no channel may be called `dead`) |
+//! | dead letters | fanout exchange and quorum queue `<prefix>.dead`, bounded by [`AmqpConfig::dead_letter_limit`] (so no channel may be called `dead`) |
 //!
 //! # Guarantees
 //!
