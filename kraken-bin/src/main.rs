@@ -71,15 +71,24 @@ fn init_logging(default: &str) {
         .init();
 }
 
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("kraken: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(
-        if matches!(cli.command, Command::Up(_) | Command::Agent(_)) {
-            "info"
-        } else {
-            "warn"
-        },
-    );
+    // The agent commands log what they do; the client commands only problems.
+    init_logging(if matches!(cli.command, Command::Client(_)) {
+        "warn"
+    } else {
+        "info"
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -92,20 +101,8 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Up(args) => match up::run(args, cli.global.token).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("kraken: {err:#}");
-                    ExitCode::FAILURE
-                }
-            },
-            Command::Agent(args) => match agent::run(args).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("kraken: {err:#}");
-                    ExitCode::FAILURE
-                }
-            },
+            Command::Up(args) => exit(up::run(args, cli.global.token).await),
+            Command::Agent(args) => exit(agent::run(args).await),
             Command::Client(command) => cli::run(command, cli.global).await,
         }
     })

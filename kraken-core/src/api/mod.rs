@@ -8,6 +8,19 @@
 //! set (see [`start`]), so the API lives wherever the orchestrator role lives. Embedders can
 //! also serve a database on their own listener with [`serve`].
 //!
+//! ```no_run
+//! use kraken_core::api::{ApiConfig, ApiState, ApiToken, serve};
+//! use kraken_core::state::{Database, StateConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let db = Database::in_memory(StateConfig::default());
+//! let config = ApiConfig::default().token(ApiToken::new("a-token-of-16-chars-or-more")?);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! let shutdown = async { let _ = tokio::signal::ctrl_c().await; };
+//! serve(listener, ApiState::new(db, config)?, shutdown).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Routes
 //!
 //! | route | what |
