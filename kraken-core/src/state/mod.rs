@@ -46,6 +46,12 @@ pub enum StateError {
         /// The limit.
         limit: usize,
     },
+    /// The state file is held by another open database (in this process or another one).
+    #[error("state file {path} is in use by another Kraken orchestrator")]
+    Locked {
+        /// The file.
+        path: PathBuf,
+    },
     /// The storage failed.
     #[error("state storage {path}: {reason}")]
     Storage {
@@ -194,7 +200,7 @@ impl Database {
         let dir = data_dir.to_path_buf();
         let limits = config.logs;
         let (store, loaded, logs) = tokio::task::spawn_blocking(move || {
-            let store = Store::open(&dir.join("state.redb"))?;
+            let store = open_store(&dir.join("state.redb"))?;
             let loaded = store.load()?;
             let mut logs = LogStore::new(limits, Some(dir.join("logs")));
             logs.load().map_err(|e| StateError::Storage {
@@ -661,6 +667,21 @@ fn with_deployments(inner: &Inner, node: &Node) -> Node {
     n
 }
 
+/// Opens the state file, waiting up to two seconds for a previous holder in this process to
+/// let go (its background writer may be finishing a last write); another process holding
+/// it is reported as [`StateError::Locked`]. Blocking: called from `spawn_blocking`.
+fn open_store(path: &Path) -> Result<Store, StateError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match Store::open(path) {
+            Err(StateError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Writes batched changes until the database is dropped.
 async fn writer(db: Weak<Database>, wake: Arc<Notify>, delay: Duration) {
     loop {
@@ -797,6 +818,19 @@ mod tests {
         };
         assert!(!db.append_logs(MessageId::random(), &unknown));
         assert!(db.logs(&unknown.deployment, None).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_state_file_in_use_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = Database::open(dir.path(), StateConfig::default())
+            .await
+            .unwrap();
+        let err = Database::open(dir.path(), StateConfig::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StateError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("in use"), "{err}");
     }
 
     #[tokio::test]

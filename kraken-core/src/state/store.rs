@@ -39,7 +39,15 @@ impl Store {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(storage(path, "create data dir"))?;
         }
-        let db = redb::Database::create(path).map_err(storage(path, "open"))?;
+        let db = match redb::Database::create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StateError::Locked {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(e) => return Err(storage(path, "open")(e)),
+        };
         let store = Store {
             db,
             path: path.to_path_buf(),
