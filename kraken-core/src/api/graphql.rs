@@ -89,7 +89,9 @@ fn state_error(err: StateError) -> Error {
         StateError::InvalidRequest(_) => coded("BAD_USER_INPUT", err.to_string()),
         StateError::Transition(_) => coded("CONFLICT", err.to_string()),
         StateError::Full { .. } => coded("RESOURCE_EXHAUSTED", err.to_string()),
-        StateError::Storage { .. } => coded("INTERNAL", err.to_string()),
+        StateError::Storage { .. } | StateError::Locked { .. } => {
+            coded("INTERNAL", err.to_string())
+        }
     }
 }
 
