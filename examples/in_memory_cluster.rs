@@ -105,6 +105,7 @@ async fn main() -> Result<()> {
             .config(NodeConfig {
                 data_dir: Some(data),
                 address: "127.0.0.1".into(),
+                ..NodeConfig::default()
             })
             .executor(WorkerExecutor::new(WorkerConfig::default()))
             .build()?

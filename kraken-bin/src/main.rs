@@ -4,6 +4,7 @@
 //! Thin by design: parse arguments, set up logging, call the library or the API.
 
 mod agent;
+mod broker;
 mod cli;
 mod node;
 mod up;

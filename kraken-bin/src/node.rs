@@ -2,6 +2,9 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
+use kraken_core::executor::orchestrator::OrchestratorConfig;
+use kraken_core::executor::rollover::{Lead, Role, RolloverConfig};
+use kraken_core::membership::JoinSecret;
 use kraken_core::model::NodeId;
 use kraken_core::runtime::Runtime;
 use kraken_core::runtime::process::ProcessRuntime;
@@ -9,6 +12,7 @@ use kraken_core::transport::Transport;
 use kraken_core::transport::memory::MemoryBroker;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Which runtime runs the apps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -52,6 +56,119 @@ pub async fn node_id(data_dir: &Path) -> Result<NodeId> {
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// Membership and rollover settings, shared by `kraken up` and `kraken agent`.
+#[derive(Debug, Clone, Args)]
+pub struct RolloverArgs {
+    /// The cluster join secret [default: the one in <data dir>/join-secret; `kraken up` and a
+    /// first agent generate it]. Joining an existing platform needs it.
+    #[arg(
+        long,
+        env = "KRAKEN_JOIN_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub join_secret: Option<String>,
+    /// Milliseconds without news from a node before its apps are placed elsewhere.
+    #[arg(long, default_value_t = 2500, value_name = "MS")]
+    pub node_timeout_ms: u64,
+    /// Milliseconds without news from the orchestrator before its standby takes over.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub failover_timeout_ms: u64,
+}
+
+impl RolloverArgs {
+    /// The join secret given, or the one stored in the data dir, or (with `create`) a new one
+    /// stored there. The flag's or stored secret is saved in the data dir for next time.
+    pub async fn secret(&self, data_dir: &Path, create: bool) -> Result<Option<JoinSecret>> {
+        if let Some(text) = &self.join_secret {
+            let secret = JoinSecret::parse(text).context("--join-secret / KRAKEN_JOIN_SECRET")?;
+            if JoinSecret::load(data_dir).await?.as_ref() != Some(&secret) {
+                secret.store(data_dir).await?;
+            }
+            return Ok(Some(secret));
+        }
+        if create {
+            let (secret, created) = JoinSecret::load_or_create(data_dir).await?;
+            if created {
+                println!(
+                    "kraken: generated the cluster join secret (kept in {}); other machines join with --join-secret {}",
+                    data_dir
+                        .join(kraken_core::membership::SECRET_FILE)
+                        .display(),
+                    secret.as_text()
+                );
+            }
+            return Ok(Some(secret));
+        }
+        Ok(JoinSecret::load(data_dir).await?)
+    }
+
+    /// The rollover executor's settings around an orchestrator configuration.
+    pub fn config(&self, lead: Lead, orchestrator: OrchestratorConfig) -> RolloverConfig {
+        RolloverConfig {
+            failover_timeout: Duration::from_millis(self.failover_timeout_ms.max(100)),
+            lead,
+            orchestrator: OrchestratorConfig {
+                node_timeout: Duration::from_millis(self.node_timeout_ms.max(500)),
+                ..orchestrator
+            },
+            ..RolloverConfig::default()
+        }
+    }
+}
+
+/// The API token every orchestrator of the platform accepts: derived from the join secret,
+/// so that it stays the same after a failover.
+#[cfg(feature = "api")]
+pub fn platform_token(secret: &JoinSecret) -> Result<kraken_core::api::ApiToken> {
+    Ok(kraken_core::api::ApiToken::new(
+        &secret.derive("api-token"),
+    )?)
+}
+
+/// Advertises the API on mDNS while this node is the orchestrator.
+pub fn advertise_while_primary(
+    mut role: tokio::sync::watch::Receiver<Role>,
+    node: NodeId,
+    api: tokio::sync::watch::Receiver<Option<kraken_core::model::PlatformInfo>>,
+) {
+    tokio::spawn(async move {
+        let mut _advertised = None;
+        loop {
+            let epoch = match &*role.borrow_and_update() {
+                Role::Primary(epoch) => Some(*epoch),
+                _ => None,
+            };
+            let port = api
+                .borrow()
+                .as_ref()
+                .and_then(|p| p.api_addr.as_ref())
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse::<u16>().ok());
+            _advertised = match (epoch, port) {
+                (Some(epoch), Some(port)) => match kraken_core::discovery::advertise(
+                    &node,
+                    std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                    port,
+                    epoch,
+                ) {
+                    Ok(ad) => Some(ad),
+                    Err(err) => {
+                        tracing::info!(cause = %err, "not advertised on mDNS");
+                        None
+                    }
+                },
+                _ => None,
+            };
+            if role.changed().await.is_err() {
+                return;
+            }
+            // Give the API a moment to start after a promotion.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
 }
 
 /// What the Docker runtime builds apps from.
@@ -125,38 +242,46 @@ pub async fn transport(amqp: Option<&str>, prefix: &str) -> Result<Arc<dyn Trans
     }
 }
 
-/// The broker URL an orchestrator announces at `GET /platform`, so that joining needs only
-/// its HTTP address.
-pub async fn broker_from_orchestrator(addr: &str) -> Result<String> {
+/// Joins the orchestrator at `addr` (`POST /join` with the proof of the join secret) and
+/// returns the broker URL it gives.
+pub async fn join(addr: &str, node: &NodeId, secret: &JoinSecret) -> Result<String> {
     let base = if addr.contains("://") {
         addr.trim_end_matches('/').to_owned()
     } else {
         format!("http://{addr}")
     };
-    let url = format!("{base}/platform");
+    let url = format!("{base}/join");
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .build()
         .context("cannot build an HTTP client")?;
     let response = client
-        .get(&url)
+        .post(&url)
+        .json(&serde_json::json!({ "node": node.as_str(), "proof": secret.join_proof(node).as_str() }))
         .send()
         .await
         .with_context(|| format!("cannot reach the orchestrator at {url}"))?;
-    if !response.status().is_success() {
-        bail!("the orchestrator at {url} answered {}", response.status());
-    }
-    let platform: serde_json::Value = response
+    let status = response.status();
+    let body: serde_json::Value = response
         .json()
         .await
-        .with_context(|| format!("{url} did not answer platform info"))?;
-    platform
-        .get("broker_url")
-        .or_else(|| platform.get("brokerUrl"))
+        .with_context(|| format!("{url} did not answer like a Kraken orchestrator"))?;
+    if status == reqwest::StatusCode::FORBIDDEN {
+        bail!(
+            "the orchestrator at {base} refused this node: {}",
+            body.get("error")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("wrong join secret")
+        );
+    }
+    if !status.is_success() {
+        bail!("the orchestrator at {url} answered {status}");
+    }
+    body.get("broker_url")
         .and_then(serde_json::Value::as_str)
         .map(str::to_owned)
         .with_context(|| {
-            format!("the orchestrator at {base} uses no broker (it was started without --amqp)")
+            format!("the orchestrator at {base} uses no broker (it was started without one)")
         })
 }
 
@@ -200,5 +325,16 @@ mod tests {
             redact("amqp://127.0.0.1:5672/%2f"),
             "amqp://127.0.0.1:5672/%2f"
         );
+    }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM (`kill`, systemd, `docker stop`): both stop the
+/// node gracefully.
+pub async fn stop_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C"),
+        _ = term.recv() => Ok(()),
     }
 }

@@ -9,7 +9,8 @@ use kraken_core::agent::Agent;
 #[cfg(feature = "api")]
 use kraken_core::api::{ApiConfig, ApiToken};
 use kraken_core::executor::NodeConfig;
-use kraken_core::executor::orchestrator::{OrchestrationExecutor, OrchestratorConfig};
+use kraken_core::executor::orchestrator::OrchestratorConfig;
+use kraken_core::executor::rollover::{Lead, RolloverExecutor};
 use kraken_core::executor::worker::{WorkerConfig, WorkerExecutor};
 use kraken_core::model::{DeploymentId, StatusKind};
 use kraken_core::state::{Database, StateConfig, StateEvent};
@@ -44,12 +45,16 @@ pub struct UpArgs {
     /// Prefix of the broker's queue and exchange names: one per platform sharing a broker.
     #[arg(long, env = "KRAKEN_AMQP_PREFIX", default_value = "kraken")]
     pub amqp_prefix: String,
+    /// Start (or use) a RabbitMQ broker on this machine, so that other machines can join
+    /// with `kraken agent --orchestrator <this machine>`.
+    #[arg(long, conflicts_with = "amqp")]
+    pub local_broker: bool,
     /// Run no apps on this machine: orchestrate only (workers join with `kraken agent`).
     #[arg(long)]
     pub no_worker: bool,
-    /// Seconds without news from a node before its apps are placed elsewhere.
-    #[arg(long, default_value_t = 5)]
-    pub node_timeout: u64,
+    /// Join secret, failure detector and failover timeouts.
+    #[command(flatten)]
+    pub rollover: node::RolloverArgs,
     /// Where the HTTP API listens (0.0.0.0 = every interface; port 0 = any free port).
     #[cfg(feature = "api")]
     #[arg(long, default_value = "0.0.0.0:8000", value_name = "HOST:PORT")]
@@ -76,35 +81,58 @@ pub async fn run(args: UpArgs, token: Option<String>) -> Result<()> {
     let data_dir = node::data_dir(args.data_dir).await?;
     let node = node::node_id(&data_dir).await?;
     let runtime = node::runtime(args.runtime, &data_dir, &node, &args.images).await?;
-    let transport = node::transport(args.amqp.as_deref(), &args.amqp_prefix).await?;
+    let secret = args
+        .rollover
+        .secret(&data_dir, true)
+        .await?
+        .context("no join secret")?;
+    let (amqp, announced_broker) = if args.local_broker {
+        let local = crate::broker::ensure_local(&args.address, &secret).await?;
+        (Some(local.url), Some(local.announced_url))
+    } else {
+        (args.amqp.clone(), None)
+    };
+    let transport = node::transport(amqp.as_deref(), &args.amqp_prefix).await?;
     let db = Database::open(&data_dir.join("orchestrator"), StateConfig::default())
         .await
         .context("cannot open the orchestrator state")?;
     let config = NodeConfig {
         data_dir: Some(data_dir.clone()),
         address: args.address.clone(),
+        candidate: true,
+        join_secret: Some(secret.clone()),
     };
     #[cfg(feature = "api")]
     let token = match args.api_token.as_ref().or(token.as_ref()) {
         Some(token) => ApiToken::new(token).context("--api-token / KRAKEN_API_TOKEN")?,
-        None => ApiToken::load_or_create(&data_dir).await?,
+        None => node::platform_token(&secret)?,
     };
     #[cfg(not(feature = "api"))]
     let _ = token;
-    let orchestrator = OrchestrationExecutor::new(
+    // Alone in this process: lead at once. On a broker: lead unless an orchestrator is there.
+    let lead = if amqp.is_some() {
+        Lead::WhenAlone
+    } else {
+        Lead::Now
+    };
+    let orchestrator = RolloverExecutor::new(
         Arc::clone(&db),
-        OrchestratorConfig {
-            node_timeout: std::time::Duration::from_secs(args.node_timeout.max(1)),
-            #[cfg(feature = "api")]
-            api: Some(
-                ApiConfig::default()
-                    .bind(args.api_addr)
-                    .token(token.clone())
-                    .require_token_for_queries(args.require_token_for_queries),
-            ),
-            ..OrchestratorConfig::default()
-        },
+        args.rollover.config(
+            lead,
+            OrchestratorConfig {
+                broker_url: announced_broker,
+                #[cfg(feature = "api")]
+                api: Some(
+                    ApiConfig::default()
+                        .bind(args.api_addr)
+                        .token(token.clone())
+                        .require_token_for_queries(args.require_token_for_queries),
+                ),
+                ..OrchestratorConfig::default()
+            },
+        ),
     );
+    let role = orchestrator.watch_role();
     let mut builder = Agent::builder(node.clone())
         .transport(Arc::clone(&transport))
         .runtime(Arc::clone(&runtime))
@@ -125,6 +153,7 @@ pub async fn run(args: UpArgs, token: Option<String>) -> Result<()> {
     println!("kraken: {} deployment(s) known", db.deployments().len());
 
     let handle = agent.spawn();
+    node::advertise_while_primary(role, node.clone(), handle.context().watch_platform());
     #[cfg(feature = "api")]
     let handle = {
         let Some(addr) = api_address(&handle).await else {
@@ -141,6 +170,10 @@ pub async fn run(args: UpArgs, token: Option<String>) -> Result<()> {
         let saved = crate::cli::config::save(&saved);
         println!("kraken: API at http://{addr}");
         println!("kraken: API token {}", token.as_str());
+        println!(
+            "kraken: other machines join with: kraken agent --orchestrator {addr} --join-secret {}",
+            secret.as_text()
+        );
         match saved {
             Ok(path) => println!(
                 "kraken: the kraken CLI on this machine uses it (saved in {})",
@@ -161,7 +194,7 @@ pub async fn run(args: UpArgs, token: Option<String>) -> Result<()> {
         tokio::spawn(follow(Arc::clone(&db), deployment.id));
     }
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C")?,
+        r = node::stop_signal() => r?,
         () = async { while !handle.is_finished() { tokio::time::sleep(std::time::Duration::from_millis(200)).await } } => {}
     }
     println!("kraken: stopping (apps keep running; `kraken up` again re-attaches them)");

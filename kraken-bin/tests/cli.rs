@@ -335,6 +335,23 @@ fn every_command_end_to_end() {
     let out = up.kraken(&["logs", "dep-nobody"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no deployment dep-nobody"));
+    let out = up.kraken(&["nodes", "drain", "node-bogus"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no node node-bogus"),
+        "{}",
+        stderr(&out)
+    );
+    let orchestrator = nodes[0]["id"].as_str().unwrap();
+    let out = up.kraken(&["nodes", "drain", orchestrator, "--wait"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot be drained"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(up.kraken(&["nodes", "drain"]).status.code(), Some(2));
+    assert_eq!(up.json(&["nodes"])[0]["draining"], false);
     let out = up.kraken(&["logs", "../../etc/passwd"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -387,8 +404,11 @@ fn the_token_is_generated_once_kept_private_and_can_be_given() {
     let mut first = Up::start(dir.path(), &[]);
     let token = first.token.clone();
     assert_eq!(token.len(), 64);
-    let file = dir.path().join("data/api-token");
-    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
+    // Derived from the join secret, so every orchestrator of the platform accepts it.
+    let file = dir.path().join("data/join-secret");
+    let secret = std::fs::read_to_string(&file).unwrap();
+    let parsed = kraken_core::membership::JoinSecret::parse(&secret).unwrap();
+    assert_eq!(parsed.derive("api-token"), token);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -422,7 +442,7 @@ fn the_token_is_generated_once_kept_private_and_can_be_given() {
         &[("KRAKEN_API_TOKEN", "an-operator-chosen-token")],
     );
     assert_eq!(given.token, "an-operator-chosen-token");
-    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), secret);
     let out = given.kraken(&["--token", "an-operator-chosen-token", "deploy", "not a url"]);
     assert!(
         stderr(&out).contains("invalid request"),

@@ -28,14 +28,15 @@ fn platform(dir: &std::path::Path) -> (Orchestrator, Vec<Worker>) {
             "--runtime",
             "process",
             "--no-worker",
-            "--node-timeout",
-            "3",
+            "--node-timeout-ms",
+            "3000",
             "--amqp",
             &url,
             "--amqp-prefix",
             &prefix,
         ],
     );
+    let secret = std::fs::read_to_string(dir.join("data").join("join-secret")).unwrap();
     let workers: Vec<Worker> = (0..2)
         .map(|i| {
             Worker::start(
@@ -45,6 +46,11 @@ fn platform(dir: &std::path::Path) -> (Orchestrator, Vec<Worker>) {
                     "process",
                     "--orchestrator",
                     &orchestrator.addr,
+                    "--no-mdns",
+                    "--api-addr",
+                    "127.0.0.1:0",
+                    "--join-secret",
+                    secret.trim(),
                     "--amqp-prefix",
                     &prefix,
                 ],

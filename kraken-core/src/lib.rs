@@ -19,6 +19,10 @@
 //!   `fake` with feature `test-util`.
 //! - [`executor`]: the `Executor` trait and node context; the `worker` and `orchestrator`
 //!   executors.
+//! - [`membership`]: the cluster join secret, kept in the data dir; HMAC proofs that a
+//!   node knows it; secrets derived from it.
+//! - `discovery` (feature `discovery`): finding an orchestrator on the LAN: mDNS, given
+//!   addresses, an opt-in subnet scan.
 //! - [`state`]: the orchestrator's database: deployments, nodes, logs, persisted.
 //! - `api` (feature `api`): the orchestrator's HTTP API: REST, GraphQL, metrics, UI files.
 //! - [`agent`]: composition: a builder that takes transport, runtime and executors and runs
@@ -28,8 +32,11 @@
 pub mod agent;
 #[cfg(feature = "api")]
 pub mod api;
+#[cfg(feature = "discovery")]
+pub mod discovery;
 pub mod executor;
 pub mod manifest;
+pub mod membership;
 pub mod model;
 pub mod runtime;
 pub mod source;

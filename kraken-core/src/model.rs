@@ -506,6 +506,10 @@ pub struct Node {
     pub rank: u32,
     /// Deployments placed on it (derived from the deployments table, filled for display).
     pub deployments: Vec<DeploymentId>,
+    /// Whether it is being drained: it gets no new work and is removed once its
+    /// deployments moved to other nodes.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// Who leads the platform and how to reach it.

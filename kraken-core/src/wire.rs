@@ -211,6 +211,14 @@ pub struct SysinfoMessage {
     pub instances: Vec<InstanceReport>,
     /// True when the node is shutting down gracefully: remove it at once.
     pub leaving: bool,
+    /// True when the node can take over as orchestrator (it runs the rollover executor):
+    /// only such nodes are made standby.
+    #[serde(default)]
+    pub candidate: bool,
+    /// Proof that the node knows the cluster join secret (hex HMAC of its id), when the
+    /// platform has one.
+    #[serde(default)]
+    pub proof: Option<String>,
 }
 impl Message for SysinfoMessage {}
 
@@ -285,8 +293,112 @@ impl Message for WorkRequestMessage {}
 pub struct PlatformMessage {
     /// Who leads and where.
     pub info: PlatformInfo,
+    /// Proof that the announcer knows the cluster join secret (hex HMAC of its id and
+    /// epoch), when the platform has one. Nodes ignore announcements without a valid one.
+    #[serde(default)]
+    pub proof: Option<String>,
+    /// True when the orchestrator is stopping gracefully: its standby takes over at once
+    /// instead of waiting for the failover timeout.
+    #[serde(default)]
+    pub resigning: bool,
+    /// True for a node about to take over (a standby whose primary fell silent, or a node
+    /// that found no orchestrator at start): it backs off if it hears an orchestrator that
+    /// is still there. Nodes do not follow claims; orchestrators do not yield to them.
+    #[serde(default)]
+    pub claim: bool,
 }
 impl Message for PlatformMessage {}
+
+/// The replication stream of one standby, primary → that standby.
+pub fn replica_channel(node: &NodeId) -> Channel<ReplicationMessage> {
+    Channel::named(format!("replica.{node}"), ChannelKind::Queue)
+}
+
+/// Acknowledgements of a primary's standby, standby → that primary.
+pub fn replica_ack_channel(primary: &NodeId) -> Channel<ReplicaAck> {
+    Channel::named(format!("replica-ack.{primary}"), ChannelKind::Queue)
+}
+
+/// Log lines of one deployment, in a replication message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogBatch {
+    /// The deployment.
+    pub deployment: DeploymentId,
+    /// The lines, oldest first.
+    pub lines: Vec<LogLine>,
+}
+
+/// What the primary sends its standby: its whole state in parts, then every change.
+///
+/// Every message carries `ping`, a counter the standby echoes in its [`ReplicaAck`]: the
+/// primary holds its lease (the right to accept changes) only while acknowledgements of
+/// recent pings come back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ReplicationMessage {
+    /// One part of a full copy of the state at sequence number `seq`; the standby replaces
+    /// its state when the `last` part of snapshot `snapshot` arrived.
+    Snapshot {
+        /// The primary's epoch.
+        epoch: u64,
+        /// Echoed in the acknowledgement.
+        ping: u64,
+        /// Which snapshot (parts of an older one are dropped).
+        snapshot: u64,
+        /// Part number, from 0.
+        part: u32,
+        /// True on the final part.
+        last: bool,
+        /// The change sequence number the snapshot is at.
+        seq: u64,
+        /// Deployments in this part.
+        deployments: Vec<crate::model::Deployment>,
+        /// Logs in this part.
+        logs: Vec<LogBatch>,
+    },
+    /// Changes from sequence number `from` (exclusive) to `to` (inclusive), possibly in
+    /// several parts; the standby is at `to` once the `last` part is applied. An empty
+    /// delta with `from == to` is a heartbeat.
+    Delta {
+        /// The primary's epoch.
+        epoch: u64,
+        /// Echoed in the acknowledgement.
+        ping: u64,
+        /// The sequence number the standby must be at.
+        from: u64,
+        /// The sequence number reached after the last part.
+        to: u64,
+        /// True on the final part.
+        last: bool,
+        /// Deployments changed (their whole new state).
+        deployments: Vec<crate::model::Deployment>,
+        /// Log lines appended.
+        logs: Vec<LogBatch>,
+        /// Logs deleted.
+        deleted_logs: Vec<DeploymentId>,
+    },
+}
+impl Message for ReplicationMessage {}
+
+/// A standby's answer to a [`ReplicationMessage`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaAck {
+    /// The standby.
+    pub standby: NodeId,
+    /// The primary it answers.
+    pub primary: NodeId,
+    /// The primary's epoch it answers.
+    pub epoch: u64,
+    /// The ping of the message answered.
+    pub ping: u64,
+    /// The sequence number the standby has applied (0 before its first snapshot).
+    pub applied: u64,
+    /// True when the standby has no complete copy (new, or it saw a gap): send a snapshot.
+    pub resync: bool,
+    /// Proof of the join secret (hex HMAC of the standby's id), when the platform has one.
+    #[serde(default)]
+    pub proof: Option<String>,
+}
+impl Message for ReplicaAck {}
 
 /// Why a message could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]

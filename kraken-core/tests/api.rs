@@ -730,12 +730,12 @@ async fn rest_routes_answer_as_documented() {
     let health: Value = p.get("/health/worker-0").await.json().await.unwrap();
     assert_eq!(
         health,
-        json!({ "node": "worker-0", "rank": null, "role": "worker", "epoch": 1 })
+        json!({ "node": "worker-0", "rank": null, "role": "worker", "epoch": 1, "accepting": false })
     );
     let health: Value = p.get("/health/orchestrator").await.json().await.unwrap();
     assert_eq!(
         health,
-        json!({ "node": "orchestrator", "rank": 0, "role": "primary", "epoch": 1 })
+        json!({ "node": "orchestrator", "rank": 0, "role": "primary", "epoch": 1, "accepting": true })
     );
     assert_eq!(p.get("/health/node-nobody").await.status(), 404);
 
@@ -1019,6 +1019,24 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         .await,
         "NOT_FOUND"
     );
+    let response = p
+        .graphql(
+            "mutation($id: String!) { drainNode(nodeId: $id) }",
+            json!({ "id": "node-nobody" }),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(
+        response["errors"][0]["extensions"]["code"], "NOT_FOUND",
+        "{response}"
+    );
+    assert!(
+        response["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no node node-nobody"),
+        "{response}"
+    );
     assert_eq!(p.get(&format!("/log/{unknown}")).await.status(), 404);
     assert_eq!(
         p.get(&format!("/log/{unknown}?follow=true")).await.status(),
@@ -1069,6 +1087,14 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
             )
             .await;
         assert_eq!(code, "BAD_USER_INPUT", "getDeployment({attack:?})");
+        let code = p
+            .error_code(
+                "mutation($id: String!) { drainNode(nodeId: $id) }",
+                json!({ "id": attack }),
+                Some(TOKEN),
+            )
+            .await;
+        assert_eq!(code, "BAD_USER_INPUT", "drainNode({attack:?})");
     }
     for path in [
         "/log/..%2fsecret.log",
@@ -1191,6 +1217,7 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
         format!("mutation {{ pollRedeploy(deploymentId: \"{id}\") }}"),
         format!("mutation {{ cancelDeployment(deploymentId: \"{id}\") }}"),
         format!("mutation {{ deleteLog(logId: \"{id}\") }}"),
+        "mutation { drainNode(nodeId: \"node-nobody\") }".to_owned(),
     ];
     for mutation in &mutations {
         for token in [None, Some("wrong-token-0123456789"), Some("")] {

@@ -689,3 +689,150 @@ async fn workers_ignore_work_from_an_older_epoch() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_worker_has_its_deployments_moved_and_is_removed() {
+    let (cluster, fakes) = three_workers().await;
+    let repo = app("drained");
+    let ids: Vec<_> = (0..6)
+        .map(|_| {
+            cluster
+                .db
+                .create_deployment(&repo.url(), "main")
+                .unwrap()
+                .id
+        })
+        .collect();
+    for id in &ids {
+        wait_status(&cluster.db, id, StatusKind::Running, LIMIT).await;
+    }
+    let drained = cluster.workers[0].id.clone();
+    let on_drained: Vec<_> = ids
+        .iter()
+        .map(|id| cluster.db.deployment(id).unwrap())
+        .filter(|d| d.node.as_ref() == Some(&drained))
+        .collect();
+    assert_eq!(on_drained.len(), 2);
+
+    cluster.db.request_drain(&drained).unwrap();
+    assert_eq!(cluster.db.draining(), vec![drained.clone()]);
+    assert!(cluster.db.node(&drained).unwrap().draining);
+    for d in &on_drained {
+        wait_until(LIMIT, || {
+            let now = cluster.db.deployment(&d.id).unwrap();
+            now.status == DeploymentStatus::Running && now.node.as_ref() != Some(&drained)
+        })
+        .await;
+        assert_eq!(
+            cluster.db.deployment(&d.id).unwrap().generation,
+            2,
+            "placed again as a new generation"
+        );
+    }
+    wait_until(LIMIT, || cluster.db.node(&drained).is_none()).await;
+    assert!(cluster.db.draining().is_empty());
+    assert!(fakes[0].running().is_empty(), "{:?}", fakes[0].running());
+    let stopped: Vec<_> = fakes[0]
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            FakeCall::Stop { instance, .. } => Some(instance),
+            _ => None,
+        })
+        .collect();
+    for d in &on_drained {
+        let old = d.instance.clone().unwrap();
+        assert!(stopped.contains(&old), "{old} not stopped: {stopped:?}");
+    }
+    for id in &ids {
+        let d = cluster.db.deployment(id).unwrap();
+        assert_eq!(d.status, DeploymentStatus::Running);
+        assert_ne!(d.node.as_ref(), Some(&drained));
+    }
+    let total: usize = fakes.iter().map(|f| f.running().len()).sum();
+    assert_eq!(total, 6, "one instance per deployment");
+
+    // Its agent keeps reporting, for longer than the node timeout: it stays out.
+    assert!(cluster.workers[0].handle.is_some());
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < until {
+        assert!(
+            cluster.db.node(&drained).is_none(),
+            "the drained node came back"
+        );
+        assert_eq!(cluster.db.nodes().len(), 2);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(fakes[0].running().is_empty());
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_an_unknown_node_is_refused_and_changes_nothing() {
+    let (cluster, _fakes) = three_workers().await;
+    let repo = app("stays");
+    let id = cluster
+        .db
+        .create_deployment(&repo.url(), "main")
+        .unwrap()
+        .id;
+    let before = wait_status(&cluster.db, &id, StatusKind::Running, LIMIT).await;
+    let unknown = NodeId::parse("no-such-node").unwrap();
+    assert!(matches!(
+        cluster.db.request_drain(&unknown),
+        Err(StateError::UnknownNode(n)) if n == unknown
+    ));
+    assert!(cluster.db.draining().is_empty());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cluster.db.nodes().len(), 3);
+    assert!(cluster.db.nodes().iter().all(|n| !n.draining));
+    let after = cluster.db.deployment(&id).unwrap();
+    assert_eq!(
+        (after.status, after.generation, after.node),
+        (before.status, before.generation, before.node)
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_worker_keeps_its_deployments_when_no_other_node_can_take_them() {
+    let mut cluster = Cluster::in_memory();
+    let fake = Arc::new(FakeRuntime::new());
+    let only = cluster.add_worker("worker-0", fake.clone() as Arc<dyn Runtime>);
+    cluster.wait_nodes(1).await;
+    let repo = app("alone");
+    let id = cluster
+        .db
+        .create_deployment(&repo.url(), "main")
+        .unwrap()
+        .id;
+    wait_status(&cluster.db, &id, StatusKind::Running, LIMIT).await;
+    cluster.db.request_drain(&only).unwrap();
+    let note = "no other node to move it to";
+    wait_until(LIMIT, || {
+        cluster
+            .db
+            .logs(&id, None)
+            .unwrap()
+            .iter()
+            .any(|l| l.text == note)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let d = cluster.db.deployment(&id).unwrap();
+    assert_eq!(
+        (d.status, d.generation, d.node.as_ref()),
+        (DeploymentStatus::Running, 1, Some(&only))
+    );
+    assert_eq!(fake.running().len(), 1);
+    assert!(cluster.db.node(&only).unwrap().draining);
+    let notes = cluster
+        .db
+        .logs(&id, None)
+        .unwrap()
+        .iter()
+        .filter(|l| l.text == note)
+        .count();
+    assert_eq!(notes, 1, "said once");
+    cluster.shutdown().await;
+}

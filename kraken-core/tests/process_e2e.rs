@@ -65,6 +65,7 @@ async fn a_python_app_answers_http_and_destroy_frees_its_port() {
         .config(NodeConfig {
             data_dir: Some(data.path().to_path_buf()),
             address: "127.0.0.1".into(),
+            ..NodeConfig::default()
         })
         .executor(OrchestrationExecutor::new(
             Arc::clone(&db),

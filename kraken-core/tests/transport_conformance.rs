@@ -322,6 +322,8 @@ fn sysinfo_message() -> SysinfoMessage {
         stats: NodeStats::default(),
         instances: Vec::new(),
         leaving: false,
+        candidate: false,
+        proof: None,
     }
 }
 
@@ -347,6 +349,9 @@ fn platform_message() -> PlatformMessage {
             broker_url: None,
             candidates: Vec::new(),
         },
+        proof: None,
+        resigning: false,
+        claim: false,
     }
 }
 

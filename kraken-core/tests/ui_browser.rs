@@ -322,6 +322,7 @@ async fn platform(data: &Path) -> (AgentHandle, String) {
         .config(NodeConfig {
             data_dir: Some(data.to_path_buf()),
             address: "127.0.0.1".into(),
+            ..NodeConfig::default()
         })
         .executor(OrchestrationExecutor::new(
             Arc::clone(&db),

@@ -1,9 +1,11 @@
-//! The client commands: `deploy`, `ls`, `nodes`, `logs`, `redeploy`, `rm`, `status`. They
+//! The client commands: `deploy`, `ls`, `nodes` (and `nodes drain`), `logs`, `redeploy`,
+//! `rm`, `status`. They
 //! talk to an orchestrator's HTTP API (GraphQL for everything but log streams).
 
 mod client;
 pub mod config;
 mod deploy;
+mod nodes;
 mod show;
 mod table;
 
@@ -49,8 +51,13 @@ pub enum ClientCommand {
     ///   kraken ls --all --json
     #[command(verbatim_doc_comment)]
     Ls(show::LsArgs),
-    /// List the nodes of the platform.
-    Nodes,
+    /// List the nodes of the platform, or drain one.
+    ///
+    /// Examples:
+    ///   kraken nodes
+    ///   kraken nodes drain node-0123abcd --wait
+    #[command(verbatim_doc_comment)]
+    Nodes(nodes::NodesArgs),
     /// Show a deployment's log (build output, app output, Kraken's notes).
     ///
     /// Examples:
@@ -125,7 +132,7 @@ async fn execute(command: ClientCommand, global: GlobalArgs) -> Result<(), CliEr
         ClientCommand::Redeploy(args) => deploy::redeploy(&client, args, json).await,
         ClientCommand::Rm(args) => deploy::rm(&client, args, json).await,
         ClientCommand::Ls(args) => show::ls(&client, args, json).await,
-        ClientCommand::Nodes => show::nodes(&client, json).await,
+        ClientCommand::Nodes(args) => nodes::nodes(&client, args, json).await,
         ClientCommand::Logs(args) => show::logs(&client, args, json).await,
         ClientCommand::Status => show::status(&client, json).await,
     }

@@ -128,7 +128,7 @@ fn duration(seconds: u64) -> String {
 pub async fn nodes(client: &Client, json: bool) -> Result<(), CliError> {
     let data = client
         .graphql(
-            "{ getNodes { id addr model hostname cpus cpuPercent ramUsed ramFree ramTotal currentRamPercent loadAvg5 uptime orchestrationPriority updateTime deployments } }",
+            "{ getNodes { id addr model hostname cpus cpuPercent ramUsed ramFree ramTotal currentRamPercent loadAvg5 uptime orchestrationPriority updateTime deployments draining } }",
             json!({}),
         )
         .await?;
@@ -148,7 +148,11 @@ pub async fn nodes(client: &Client, json: bool) -> Result<(), CliError> {
             vec![
                 or_dash(text(n, "id")),
                 or_dash(text(n, "addr")),
-                role(n["orchestrationPriority"].as_u64()).to_owned(),
+                if n["draining"].as_bool() == Some(true) {
+                    format!("{} (draining)", role(n["orchestrationPriority"].as_u64()))
+                } else {
+                    role(n["orchestrationPriority"].as_u64()).to_owned()
+                },
                 format!("{}", n["cpus"].as_u64().unwrap_or(0)),
                 format!("{:.0}%", num("cpuPercent")),
                 format!("{}/{} MiB", num("ramUsed") as u64, num("ramTotal") as u64),

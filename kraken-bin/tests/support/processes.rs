@@ -13,7 +13,20 @@ pub const KRAKEN: &str = env!("CARGO_BIN_EXE_kraken");
 
 /// A `kraken` command with none of the user's settings.
 pub fn command(config: &Path) -> Command {
-    let mut cmd = Command::new(KRAKEN);
+    command_via(&[], config)
+}
+
+/// `kraken` run through `wrapper` (e.g. `ip netns exec <ns>`), with none of the user's
+/// settings.
+pub fn command_via(wrapper: &[&str], config: &Path) -> Command {
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(KRAKEN);
+            cmd
+        }
+        None => Command::new(KRAKEN),
+    };
     cmd.env("KRAKEN_CLI_CONFIG", config)
         .env_remove("KRAKEN_API_TOKEN")
         .env_remove("KRAKEN_ORCHESTRATOR")
@@ -135,9 +148,15 @@ pub struct Worker {
 impl Worker {
     /// `kraken agent <args> --data-dir <dir>`; its node id is read from its data dir.
     pub fn start(dir: &Path, args: &[&str]) -> Worker {
+        Worker::start_via(&[], dir, args)
+    }
+
+    /// The same, run through `wrapper` (e.g. `ip netns exec <ns>`, which execs the agent,
+    /// so the child is the agent itself).
+    pub fn start_via(wrapper: &[&str], dir: &Path, args: &[&str]) -> Worker {
         std::fs::create_dir_all(dir).unwrap();
         let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-        let child = command(&dir.join("cli.json"))
+        let child = command_via(wrapper, &dir.join("cli.json"))
             .arg("agent")
             .args(args)
             .arg("--data-dir")

@@ -83,12 +83,25 @@ fn unknown_deployment(id: &DeploymentId) -> Error {
     coded("NOT_FOUND", format!("no deployment {id}"))
 }
 
+/// Waits until the standby confirmed the change just made, so that an accepted change
+/// survives a failover (at once without a standby).
+async fn replicated(ctx: &Context<'_>) -> Result<()> {
+    core(ctx)?
+        .db
+        .replicated(std::time::Duration::from_secs(5))
+        .await
+        .map_err(state_error)
+}
+
 fn state_error(err: StateError) -> Error {
     match &err {
         StateError::UnknownDeployment(id) => unknown_deployment(id),
+        StateError::UnknownNode(_) => coded("NOT_FOUND", err.to_string()),
         StateError::InvalidRequest(_) => coded("BAD_USER_INPUT", err.to_string()),
         StateError::Transition(_) => coded("CONFLICT", err.to_string()),
         StateError::Full { .. } => coded("RESOURCE_EXHAUSTED", err.to_string()),
+        StateError::NotLeader { .. } => coded("NOT_LEADER", err.to_string()),
+        StateError::NotReplicated(_) => coded("UNAVAILABLE", err.to_string()),
         StateError::Storage { .. } | StateError::Locked { .. } => {
             coded("INTERNAL", err.to_string())
         }
@@ -457,6 +470,11 @@ impl NodeObject {
     async fn joined_at(&self) -> String {
         rfc3339(self.n.joined_at)
     }
+    /// Whether it is being drained: it gets no new work, its deployments move to other
+    /// nodes, then it is removed.
+    async fn draining(&self) -> bool {
+        self.n.draining
+    }
     /// The deployments placed on it.
     #[graphql(complexity = "10 * child_complexity")]
     async fn deployment_details(&self, ctx: &Context<'_>) -> Result<Vec<DeploymentObject>> {
@@ -615,6 +633,7 @@ impl Mutation {
             .db
             .create_deployment(&deployment_url, &git_branch)
             .map_err(state_error)?;
+        replicated(ctx).await?;
         tracing::info!(deployment = %d.id, branch = %git_branch, "deployment requested through the API");
         Ok(d.id.to_string())
     }
@@ -636,6 +655,7 @@ impl Mutation {
             ),
             other => state_error(other),
         })?;
+        replicated(ctx).await?;
         Ok(true)
     }
 
@@ -649,7 +669,25 @@ impl Mutation {
             return Ok(false);
         }
         db.request_destroy(&id).map_err(state_error)?;
+        replicated(ctx).await?;
         tracing::info!(deployment = %id, "destroy requested through the API");
+        Ok(true)
+    }
+
+    /// Drains a node: its deployments are placed on other nodes, then it is removed from
+    /// the platform. True once the drain is recorded (also when it was already draining).
+    #[graphql(guard = "TokenRequired")]
+    async fn drain_node(&self, ctx: &Context<'_>, node_id: String) -> Result<bool> {
+        let id = parse_node(&node_id)?;
+        let core = core(ctx)?;
+        if core.platform().orchestrator.as_deref() == Some(id.as_str()) {
+            return Err(coded(
+                "CONFLICT",
+                format!("node {id} is the orchestrator: it cannot be drained"),
+            ));
+        }
+        core.db.request_drain(&id).map_err(state_error)?;
+        tracing::info!(node = %id, "drain requested through the API");
         Ok(true)
     }
 
@@ -1023,6 +1061,8 @@ mod tests {
             "pollRedeploy(deploymentId: String!): Boolean!",
             "cancelDeployment(deploymentId: String!): Boolean!",
             "deleteLog(logId: String!): Boolean!",
+            "drainNode(nodeId: String!): Boolean!",
+            "draining: Boolean!",
             "deploymentChanged(deploymentId: String): Deployment!",
             "loadAvg5: Float!",
             "statusHistory: [StatusChange!]!",

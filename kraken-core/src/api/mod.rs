@@ -220,6 +220,7 @@ pub enum ApiError {
 #[derive(Debug, Clone, Default)]
 struct NodeFacts {
     platform: Option<watch::Receiver<Option<PlatformInfo>>>,
+    join_secret: Option<crate::membership::JoinSecret>,
     runtime: Option<&'static str>,
     transport: Option<&'static str>,
 }
@@ -255,6 +256,7 @@ impl ApiState {
     pub fn with_node(mut self, ctx: &NodeContext) -> Self {
         self.node = NodeFacts {
             platform: Some(ctx.watch_platform()),
+            join_secret: ctx.config.join_secret.clone(),
             runtime: Some(ctx.runtime.name()),
             transport: Some(ctx.transport.name()),
         };
@@ -306,7 +308,7 @@ impl Core {
                 orchestrator: Some(info.orchestrator.to_string()),
                 epoch: self.db.epoch().max(info.epoch),
                 api_addr: info.api_addr.or(local),
-                broker_url: info.broker_url,
+                broker_url: info.broker_url.as_deref().map(redact_password),
                 candidates: info.candidates.iter().map(ToString::to_string).collect(),
             },
             None => PlatformView {
@@ -342,6 +344,21 @@ impl Core {
             });
         }
         services
+    }
+}
+
+/// A URL without its password (`amqp://user:***@host/`): the full broker URL is given only
+/// to nodes that prove the join secret (`POST /join`).
+pub(crate) fn redact_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
     }
 }
 

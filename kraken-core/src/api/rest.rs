@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -58,11 +58,14 @@ impl IntoResponse for RestError {
             RestError::BadId(_) | RestError::BadQuery(_) => {
                 (StatusCode::BAD_REQUEST, "BAD_REQUEST")
             }
-            RestError::UnknownDeployment(_) | RestError::UnknownNode(_) => {
-                (StatusCode::NOT_FOUND, "NOT_FOUND")
-            }
+            RestError::UnknownDeployment(_)
+            | RestError::UnknownNode(_)
+            | RestError::State(StateError::UnknownNode(_)) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             RestError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
             RestError::TooManyStreams(_) => (StatusCode::SERVICE_UNAVAILABLE, "TOO_MANY_STREAMS"),
+            RestError::State(StateError::NotLeader { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "NOT_LEADER")
+            }
             RestError::State(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
         };
         let mut response = (
@@ -89,6 +92,7 @@ pub(crate) fn routes() -> Router<Arc<Core>> {
         .route("/health/{node_id}", get(health))
         .route("/log/{deployment_id}", get(log).delete(delete_log))
         .route("/platform", get(platform))
+        .route("/join", post(join))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi))
 }
@@ -114,6 +118,9 @@ struct Health {
     /// `primary`, `standby`, `observer` or `worker`.
     role: &'static str,
     epoch: u64,
+    /// Whether this orchestrator accepts changes now (false on a standby, a demoted or a
+    /// fenced primary); only meaningful for the orchestrator's own id.
+    accepting: bool,
 }
 
 async fn health(
@@ -139,7 +146,57 @@ async fn health(
         rank,
         role,
         epoch: core.db.epoch(),
+        accepting: is_orchestrator && core.db.accepting(),
     }))
+}
+
+#[derive(Debug, Deserialize)]
+struct JoinRequest {
+    node: String,
+    proof: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Joined {
+    orchestrator: Option<String>,
+    epoch: u64,
+    broker_url: Option<String>,
+}
+
+/// `POST /join {"node": id, "proof": hmac}`: a node asks to join. With a join secret, the
+/// proof must match (else 403, logged); the answer holds the broker URL with its password.
+async fn join(
+    State(core): State<Arc<Core>>,
+    Json(request): Json<JoinRequest>,
+) -> Result<Response, RestError> {
+    let node = NodeId::parse(&request.node)?;
+    if let Some(secret) = &core.node.join_secret {
+        let ok = request
+            .proof
+            .as_ref()
+            .is_some_and(|p| secret.verify_join(&node, &p.clone().into()));
+        if !ok {
+            tracing::warn!(node = %node, "join refused: wrong or missing join secret");
+            return Ok((
+                StatusCode::FORBIDDEN,
+                Json(ErrorBody {
+                    error: format!(
+                        "node {node} refused: wrong or missing join secret (it is printed by the first orchestrator and kept in its data dir, file join-secret)"
+                    ),
+                    code: "FORBIDDEN",
+                }),
+            )
+                .into_response());
+        }
+    }
+    let info = core.node.platform.as_ref().and_then(|p| p.borrow().clone());
+    tracing::info!(node = %node, "node joins");
+    Ok(Json(Joined {
+        orchestrator: info.as_ref().map(|i| i.orchestrator.to_string()),
+        epoch: core.db.epoch(),
+        broker_url: info.and_then(|i| i.broker_url),
+    })
+    .into_response())
 }
 
 #[derive(Debug, Deserialize)]

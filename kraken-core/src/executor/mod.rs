@@ -11,6 +11,8 @@
 
 pub mod orchestrator;
 pub mod probe;
+pub mod replication;
+pub mod rollover;
 pub mod worker;
 
 use crate::model::{NodeId, PlatformInfo};
@@ -32,6 +34,43 @@ pub struct NodeConfig {
     pub data_dir: Option<PathBuf>,
     /// The address other machines reach this node on (host or IP), used in app URLs.
     pub address: String,
+    /// Whether this node can take over as orchestrator (it runs a
+    /// [`RolloverExecutor`](rollover::RolloverExecutor)); only such nodes are made standby.
+    pub candidate: bool,
+    /// The cluster join secret. With one, this node proves it in its reports and
+    /// announcements and ignores nodes and orchestrators that do not.
+    pub join_secret: Option<crate::membership::JoinSecret>,
+}
+
+impl NodeConfig {
+    /// This node's proof of the join secret, for its reports.
+    pub fn join_proof(&self, node: &NodeId) -> Option<String> {
+        self.join_secret
+            .as_ref()
+            .map(|s| s.join_proof(node).as_str().to_owned())
+    }
+
+    /// This node's proof of the join secret for an announcement of `orchestrator` at `epoch`.
+    pub fn announcement_proof(&self, orchestrator: &NodeId, epoch: u64) -> Option<String> {
+        self.join_secret.as_ref().map(|s| {
+            s.announcement_proof(orchestrator, epoch)
+                .as_str()
+                .to_owned()
+        })
+    }
+
+    /// Whether `proof` shows that `node` knows the join secret (always true on a platform
+    /// without one). A refusal is logged.
+    pub fn verify_join(&self, node: &NodeId, proof: Option<&str>) -> bool {
+        let Some(secret) = &self.join_secret else {
+            return true;
+        };
+        let ok = proof.is_some_and(|p| secret.verify_join(node, &p.to_owned().into()));
+        if !ok {
+            refused(node, "a node without the cluster join secret was refused");
+        }
+        ok
+    }
 }
 
 impl Default for NodeConfig {
@@ -39,6 +78,8 @@ impl Default for NodeConfig {
         NodeConfig {
             data_dir: None,
             address: "127.0.0.1".into(),
+            candidate: false,
+            join_secret: None,
         }
     }
 }
@@ -101,6 +142,16 @@ impl NodeContext {
         }
     }
 
+    /// A clone whose [`shutdown`](Self::shutdown) token is `token` (a child of the node's):
+    /// for a role that starts and stops while the node runs, like the orchestrator role of
+    /// a node that can be promoted and demoted. It wakes the same executor.
+    pub fn scoped(&self, token: CancellationToken) -> Self {
+        NodeContext {
+            shutdown: token,
+            ..self.clone()
+        }
+    }
+
     /// Asks the agent to call this executor's `execute` soon. Wake-ups coalesce.
     pub fn wake(&self) {
         self.waker.notify_one();
@@ -147,6 +198,25 @@ impl NodeContext {
         })
     }
 
+    /// Whether an announcement proves the join secret (always, on a platform without one).
+    /// A refused one is logged.
+    pub fn verify_announcement(&self, message: &crate::wire::PlatformMessage) -> bool {
+        let Some(secret) = &self.config.join_secret else {
+            return true;
+        };
+        let info = &message.info;
+        let ok = message.proof.as_ref().is_some_and(|p| {
+            secret.verify_announcement(&info.orchestrator, info.epoch, &p.clone().into())
+        });
+        if !ok {
+            refused(
+                &info.orchestrator,
+                "an orchestrator announcement without the cluster join secret was ignored",
+            );
+        }
+        ok
+    }
+
     /// The orchestrator epoch this node knows (0 before any announcement).
     pub fn epoch(&self) -> u64 {
         self.platform.borrow().as_ref().map_or(0, |p| p.epoch)
@@ -155,6 +225,26 @@ impl NodeContext {
     pub(crate) fn tracker(&self) -> TaskTracker {
         self.tasks.clone()
     }
+}
+
+/// Logs a refusal, at most once a minute per node (a refused node keeps trying).
+fn refused(node: &NodeId, what: &str) {
+    static LAST: std::sync::Mutex<Option<std::collections::HashMap<NodeId, std::time::Instant>>> =
+        std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let map = last.get_or_insert_with(Default::default);
+    let now = std::time::Instant::now();
+    if map
+        .get(node)
+        .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60))
+    {
+        return;
+    }
+    if map.len() > 1024 {
+        map.clear();
+    }
+    map.insert(node.clone(), now);
+    tracing::warn!(node = %node, "{what}: wrong or missing join secret");
 }
 
 /// An executor could not start.

@@ -11,7 +11,10 @@
 //! - `UpdateRequested` → look up the branch head; redeploy if it moved (or after an error);
 //! - `DestructionRequested` → tell the worker → it reports `Destroyed`;
 //! - a node silent past the node timeout is removed and its deployments placed again with
-//!   a new generation; instances a node reports that nobody wants any more are stopped.
+//!   a new generation; instances a node reports that nobody wants any more are stopped;
+//! - a node being drained gets no new work; its deployments are placed again on other
+//!   nodes the same way, and once it runs nothing it is removed. Its reports are then
+//!   ignored (except to stop instances it still runs) until it leaves or falls silent.
 
 use super::{ExecutionFailure, Executor, NodeContext, SetupFailure};
 use crate::manifest::Manifest;
@@ -25,7 +28,7 @@ use crate::wire::{
     self, DeploymentOrder, Envelope, InstanceReport, Message, PlatformMessage, WorkRequestMessage,
 };
 use async_trait::async_trait;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -53,9 +56,15 @@ pub struct OrchestratorConfig {
     pub max_parallel_validations: usize,
     /// The HTTP API address announced to nodes (default: the address the API serves on).
     pub api_addr: Option<String>,
+    /// The broker URL announced to nodes (default: the one the transport connected to).
+    pub broker_url: Option<String>,
     /// Serve the HTTP API from this orchestrator (started in `setup`, stopped with the node).
     #[cfg(feature = "api")]
     pub api: Option<crate::api::ApiConfig>,
+    /// Keep a standby copy and accept changes only under a lease (see
+    /// [`replication`](super::replication)); `None`: no standby, changes always accepted
+    /// (a platform whose orchestrator never moves).
+    pub replication: Option<super::replication::ReplicationConfig>,
 }
 
 impl std::fmt::Debug for OrchestratorConfig {
@@ -66,6 +75,7 @@ impl std::fmt::Debug for OrchestratorConfig {
             .field("tick", &self.tick)
             .field("work_dir", &self.work_dir)
             .field("api_addr", &self.api_addr)
+            .field("replication", &self.replication)
             .finish_non_exhaustive()
     }
 }
@@ -73,16 +83,18 @@ impl std::fmt::Debug for OrchestratorConfig {
 impl Default for OrchestratorConfig {
     fn default() -> Self {
         OrchestratorConfig {
-            node_timeout: Duration::from_secs(5),
-            announce_interval: Duration::from_secs(2),
+            node_timeout: Duration::from_millis(2500),
+            announce_interval: Duration::from_millis(250),
             tick: Duration::from_millis(500),
             orphan_retry: Duration::from_secs(10),
             source: Arc::new(Git::new()),
             work_dir: None,
             max_parallel_validations: 4,
             api_addr: None,
+            broker_url: None,
             #[cfg(feature = "api")]
             api: None,
+            replication: None,
         }
     }
 }
@@ -95,6 +107,13 @@ struct Observed {
     instances: HashMap<NodeId, Vec<InstanceReport>>,
     /// Nodes that announced they leave.
     leaving: Vec<NodeId>,
+    /// Nodes that can take over as orchestrator.
+    candidates: std::collections::HashSet<NodeId>,
+    /// When each node was first heard from, for a stable order of candidates.
+    first_seen: HashMap<NodeId, Instant>,
+    /// Drained and removed nodes, with when they last reported. They are not added again
+    /// until they leave (a restart of their agent) or stay silent past the node timeout.
+    drained: HashMap<NodeId, Instant>,
 }
 
 /// Places and watches deployments. See the module docs.
@@ -109,7 +128,15 @@ pub struct OrchestrationExecutor {
     /// When a stop was last sent for an unwanted instance (node, deployment, generation).
     orphans_told: HashMap<(NodeId, DeploymentId, u64), Instant>,
     /// Deployments told there is no worker to place them on (told once).
-    waiting: std::collections::HashSet<DeploymentId>,
+    waiting: HashSet<DeploymentId>,
+    /// Deployments on a draining node told there is no other node to move them to (once).
+    stranded: HashSet<DeploymentId>,
+    /// The standby copy and the lease, when configured.
+    replication: Option<super::replication::Replication>,
+    /// What is announced on the `platform` channel (kept current by `execute`).
+    announced: Arc<Mutex<PlatformInfo>>,
+    /// Set when another orchestrator with a newer epoch announced itself.
+    superseded: Arc<Mutex<Option<PlatformInfo>>>,
 }
 
 impl std::fmt::Debug for OrchestrationExecutor {
@@ -128,7 +155,20 @@ impl OrchestrationExecutor {
     /// An orchestrator over `db`.
     pub fn new(db: Arc<Database>, config: OrchestratorConfig) -> Self {
         let permits = Arc::new(Semaphore::new(config.max_parallel_validations.max(1)));
+        let replication = config
+            .replication
+            .clone()
+            .map(|r| super::replication::Replication::new(r, Arc::clone(&db)));
         OrchestrationExecutor {
+            replication,
+            announced: Arc::new(Mutex::new(PlatformInfo {
+                orchestrator: NodeId::random(),
+                epoch: 0,
+                api_addr: None,
+                broker_url: None,
+                candidates: Vec::new(),
+            })),
+            superseded: Arc::default(),
             db,
             config,
             observed: Arc::new(Mutex::new(Observed::default())),
@@ -136,7 +176,8 @@ impl OrchestrationExecutor {
             validation_permits: permits,
             delegated: HashMap::new(),
             orphans_told: HashMap::new(),
-            waiting: Default::default(),
+            waiting: HashSet::new(),
+            stranded: HashSet::new(),
         }
     }
 
@@ -145,13 +186,107 @@ impl OrchestrationExecutor {
         Arc::clone(&self.db)
     }
 
+    /// Stops gracefully as primary: sends the standby what it lacks, then announces that
+    /// this orchestrator resigns so that the standby takes over at once.
+    pub async fn resign(&mut self, ctx: &NodeContext) {
+        let Some(replication) = &self.replication else {
+            return;
+        };
+        if replication.standby().is_none() || self.superseded().is_some() {
+            return;
+        }
+        self.db
+            .set_accepting(Some(("the orchestrator is stopping".into(), None)));
+        replication.round(ctx).await;
+        let info = self
+            .announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if announce(ctx, info, false, true).await {
+            tracing::info!("resigned: the standby takes over");
+        }
+    }
+
+    /// The orchestrator that took over from this one (it announced a newer epoch), if any:
+    /// this one then refuses changes and should stop.
+    pub fn superseded(&self) -> Option<PlatformInfo> {
+        self.superseded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn platform_info(&self, ctx: &NodeContext) -> PlatformInfo {
         PlatformInfo {
             orchestrator: ctx.node.clone(),
             epoch: self.db.epoch(),
             api_addr: self.config.api_addr.clone(),
-            broker_url: ctx.transport.broker_url(),
+            broker_url: self
+                .config
+                .broker_url
+                .clone()
+                .or_else(|| ctx.transport.broker_url()),
             candidates: Vec::new(),
+        }
+    }
+
+    /// Chooses the standby (the longest-known live candidate, kept while it lives), sets
+    /// the ranks and what is announced.
+    async fn update_roles(&mut self, ctx: &NodeContext, alive: &[NodeId]) {
+        let mut info = self.platform_info(ctx);
+        if let Some(replication) = &self.replication {
+            let mut candidates: Vec<(Instant, NodeId)> = {
+                let o = observed(&self.observed);
+                alive
+                    .iter()
+                    .filter(|n| **n != ctx.node && o.candidates.contains(*n))
+                    .map(|n| {
+                        (
+                            o.first_seen.get(n).copied().unwrap_or_else(Instant::now),
+                            n.clone(),
+                        )
+                    })
+                    .collect()
+            };
+            candidates.sort();
+            let mut order: Vec<NodeId> = candidates.into_iter().map(|(_, n)| n).collect();
+            let standby = match replication.standby() {
+                Some(current) if order.contains(&current) => Some(current),
+                _ => order.first().cloned(),
+            };
+            if let Some(s) = &standby {
+                order.retain(|n| n != s);
+                order.insert(0, s.clone());
+            }
+            if let Some(Some(old)) = replication.designate(standby)
+                && let Err(err) = ctx
+                    .transport
+                    .delete(wire::replica_channel(&old).spec())
+                    .await
+            {
+                tracing::debug!(node = %old, cause = %err, "could not delete the old standby's queue");
+            }
+            for node in self.db.nodes() {
+                let rank = if node.id == ctx.node {
+                    0
+                } else {
+                    order
+                        .iter()
+                        .position(|n| *n == node.id)
+                        .map_or(u32::MAX, |i| u32::try_from(i + 1).unwrap_or(u32::MAX))
+                };
+                if node.rank != rank {
+                    self.db.set_rank(&node.id, rank);
+                }
+            }
+            info.candidates = std::iter::once(ctx.node.clone()).chain(order).collect();
+        }
+        let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+        if *announced != info {
+            *announced = info.clone();
+            drop(announced);
+            ctx.set_platform(info);
         }
     }
 
@@ -201,6 +336,15 @@ impl OrchestrationExecutor {
 
     /// Removes nodes that timed out or left; returns the live ones.
     async fn check_nodes(&mut self, ctx: &NodeContext) -> Vec<NodeId> {
+        if let Some(replication) = &self.replication
+            && let Some(standby) = replication.standby()
+            && observed(&self.observed).leaving.contains(&standby)
+        {
+            // It left on purpose: it will not take over, so the broker's word is enough
+            // for a lease until the next standby holds a copy.
+            tracing::info!(node = %standby, "the standby left");
+            replication.designate(None);
+        }
         let now = Instant::now();
         let lost: Vec<NodeId> = {
             let mut o = observed(&self.observed);
@@ -213,6 +357,18 @@ impl OrchestrationExecutor {
             );
             for n in &lost {
                 o.last_heard.remove(n);
+                o.instances.remove(n);
+                o.candidates.remove(n);
+                o.first_seen.remove(n);
+            }
+            let silent: Vec<NodeId> = o
+                .drained
+                .iter()
+                .filter(|(_, t)| now.duration_since(**t) > self.config.node_timeout)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in &silent {
+                o.drained.remove(n);
                 o.instances.remove(n);
             }
             lost
@@ -236,6 +392,11 @@ impl OrchestrationExecutor {
 
     async fn reconcile(&mut self, ctx: &NodeContext) {
         let alive = self.check_nodes(ctx).await;
+        self.update_roles(ctx, &alive).await;
+        if !self.db.accepting() {
+            // Fenced: another node may be taking over. Change nothing, send nothing.
+            return;
+        }
         let deployments = self.db.deployments();
         let free_ram: HashMap<NodeId, (u64, f64)> = self
             .db
@@ -243,11 +404,13 @@ impl OrchestrationExecutor {
             .into_iter()
             .map(|n| (n.id.clone(), (n.stats.ram_free_mb, n.stats.cpu_percent)))
             .collect();
-        // Placement candidates: live nodes that reported. A node only presumed alive after a
-        // restart of the orchestrator gets no new work until it reports.
+        let draining: HashSet<NodeId> = self.db.draining().into_iter().collect();
+        // Placement candidates: live nodes that reported and are not being drained. A node
+        // only presumed alive after a restart of the orchestrator gets no new work until it
+        // reports.
         let mut load: BTreeMap<NodeId, usize> = alive
             .iter()
-            .filter(|n| free_ram.contains_key(*n))
+            .filter(|n| free_ram.contains_key(*n) && !draining.contains(*n))
             .map(|n| (n.clone(), 0))
             .collect();
         for d in &deployments {
@@ -258,8 +421,9 @@ impl OrchestrationExecutor {
                 *count += 1;
             }
         }
-        let live: std::collections::HashSet<NodeId> = alive.iter().cloned().collect();
+        let live: HashSet<NodeId> = alive.iter().cloned().collect();
         let is_alive = |n: &Option<NodeId>| n.as_ref().is_some_and(|n| live.contains(n));
+        let is_draining = |n: &Option<NodeId>| n.as_ref().is_some_and(|n| draining.contains(n));
 
         for d in &deployments {
             match d.status.kind() {
@@ -276,7 +440,7 @@ impl OrchestrationExecutor {
                 | StatusKind::RetrievingApplicationData
                 | StatusKind::UpdateRequested => self.spawn_validation(ctx, d),
                 StatusKind::DelegatingDeployment => {
-                    let node = if is_alive(&d.node) {
+                    let node = if is_alive(&d.node) && (!is_draining(&d.node) || load.is_empty()) {
                         d.node.clone()
                     } else {
                         let chosen = place(&load, &free_ram);
@@ -290,6 +454,10 @@ impl OrchestrationExecutor {
                             });
                             if let Some(c) = load.get_mut(n) {
                                 *c += 1;
+                            }
+                            if let Some(from) = d.node.as_ref().filter(|_| is_draining(&d.node)) {
+                                self.db
+                                    .note(&d.id, format!("node {from} is drained; moving it"));
                             }
                             self.waiting.remove(&d.id);
                         } else if self.waiting.insert(d.id.clone()) {
@@ -345,26 +513,18 @@ impl OrchestrationExecutor {
                 }
                 StatusKind::BuildingDeployment | StatusKind::Deploying | StatusKind::Running => {
                     if !is_alive(&d.node) {
-                        let lost = d.node.clone();
-                        self.db.update(&d.id, |d| {
-                            if d.transition(
-                                DeploymentStatus::DelegatingDeployment,
-                                Timestamp::now(),
-                            )
-                            .is_ok()
-                            {
-                                d.node = None;
-                                d.generation += 1;
-                                d.port = None;
-                                d.url = None;
-                                d.instance = None;
-                            }
+                        self.place_again(ctx, d, |lost| {
+                            format!("node {lost} lost; placing it again")
                         });
-                        if let Some(lost) = lost {
-                            self.db
-                                .note(&d.id, format!("node {lost} lost; placing it again"));
+                    } else if is_draining(&d.node) {
+                        if !load.is_empty() {
+                            self.stranded.remove(&d.id);
+                            self.place_again(ctx, d, |drained| {
+                                format!("node {drained} is drained; moving it")
+                            });
+                        } else if self.stranded.insert(d.id.clone()) {
+                            self.db.note(&d.id, "no other node to move it to");
                         }
-                        ctx.wake();
                     }
                 }
                 StatusKind::DestructionRequested => {
@@ -389,11 +549,69 @@ impl OrchestrationExecutor {
                 }
                 StatusKind::Errored | StatusKind::Destroyed => {
                     self.delegated.remove(&d.id);
+                    if d.status.kind() == StatusKind::Errored && is_draining(&d.node) {
+                        // Nothing to move; a redeploy places it on another node.
+                        self.db.update(&d.id, |d| d.node = None);
+                    }
                 }
             }
         }
+        self.stranded.retain(|id| {
+            deployments
+                .iter()
+                .any(|d| d.id == *id && is_draining(&d.node))
+        });
         self.reap_orphans(ctx, &deployments).await;
+        self.remove_drained(&draining);
         self.validations.retain(|_, h| !h.is_finished());
+    }
+
+    /// Takes a deployment off its node to place it again with a new generation; the note
+    /// says why (given the node it leaves).
+    fn place_again(&self, ctx: &NodeContext, d: &Deployment, why: impl FnOnce(&NodeId) -> String) {
+        let from = d.node.clone();
+        self.db.update(&d.id, |d| {
+            if d.transition(DeploymentStatus::DelegatingDeployment, Timestamp::now())
+                .is_ok()
+            {
+                d.node = None;
+                d.generation += 1;
+                d.port = None;
+                d.url = None;
+                d.instance = None;
+            }
+        });
+        if let Some(from) = from {
+            self.db.note(&d.id, why(&from));
+        }
+        ctx.wake();
+    }
+
+    /// Removes the draining nodes that run nothing any more: no deployment is placed on
+    /// them and their last report lists no instance.
+    fn remove_drained(&self, draining: &HashSet<NodeId>) {
+        for node in draining {
+            let placed = self
+                .db
+                .node(node)
+                .is_some_and(|n| !n.deployments.is_empty());
+            if placed {
+                continue;
+            }
+            {
+                let mut o = observed(&self.observed);
+                if o.instances.get(node).is_some_and(|i| !i.is_empty()) {
+                    continue;
+                }
+                o.last_heard.remove(node);
+                o.candidates.remove(node);
+                o.first_seen.remove(node);
+                o.drained.insert(node.clone(), Instant::now());
+            }
+            if self.db.remove_node(node).is_some() {
+                tracing::info!(node = %node, "node {node} drained and removed; restart its agent to join again");
+            }
+        }
     }
 
     /// Tells nodes to stop instances nobody wants: destroyed or unknown deployments,
@@ -439,6 +657,33 @@ impl OrchestrationExecutor {
         let retry = self.config.orphan_retry;
         self.orphans_told
             .retain(|_, t| now.duration_since(*t) < retry * 4);
+    }
+}
+
+/// Sends one announcement; true when the transport confirmed it.
+pub(crate) async fn announce(
+    ctx: &NodeContext,
+    info: PlatformInfo,
+    claim: bool,
+    resigning: bool,
+) -> bool {
+    let proof = ctx
+        .config
+        .announcement_proof(&info.orchestrator, info.epoch);
+    let epoch = info.epoch;
+    let message = PlatformMessage {
+        info,
+        proof,
+        resigning,
+        claim,
+    };
+    let env = Envelope::new(ctx.node.clone(), epoch, message);
+    match ctx.transport.send(&wire::PLATFORM, &env).await {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::debug!(cause = %err, "platform announcement failed");
+            false
+        }
     }
 }
 
@@ -622,10 +867,12 @@ async fn settle<M>(received: Received<M>) {
     }
 }
 
-/// Runs a consumer of one channel until shutdown.
+/// Runs a consumer of one channel until shutdown. With a `gate`, takes messages only while
+/// it is true (a fenced orchestrator leaves them in the queue for the next one).
 fn consume<M: Message, F>(
     ctx: &NodeContext,
     mut sub: crate::transport::TypedSubscription<M>,
+    mut gate: Option<tokio::sync::watch::Receiver<bool>>,
     mut handle: F,
 ) where
     F: FnMut(&Envelope<M>) + Send + 'static,
@@ -638,6 +885,12 @@ fn consume<M: Message, F>(
     let handled = metrics::counter!("kraken_messages_handled_total", "message" => kind);
     ctx.spawn(async move {
         loop {
+            if let Some(gate) = gate.as_mut() {
+                tokio::select! {
+                    r = gate.wait_for(|open| *open) => if r.is_err() { return },
+                    () = stop.cancelled() => return,
+                }
+            }
             let received = tokio::select! {
                 r = sub.next() => r,
                 () = stop.cancelled() => None,
@@ -679,13 +932,22 @@ impl Executor for OrchestrationExecutor {
                 .map_err(|e| SetupFailure::Other(format!("API: {e}")))?;
             self.config.api_addr.get_or_insert(addr);
         }
-        ctx.set_platform(self.platform_info(ctx));
+        let info = self.platform_info(ctx);
+        *self.announced.lock().unwrap_or_else(|e| e.into_inner()) = info.clone();
+        ctx.set_platform(info);
+        if self.replication.is_some() {
+            // Until the lease says otherwise.
+            self.db
+                .set_accepting(Some(("the orchestrator is starting".into(), None)));
+        }
         tracing::info!(node = %ctx.node, epoch = self.db.epoch(), "orchestrator starting");
 
+        let gate = self.replication.as_ref().map(|_| self.db.watch_accepting());
         let db = Arc::clone(&self.db);
         consume(
             ctx,
             ctx.transport.listen(&wire::DEPLOYMENT).await?,
+            gate.clone(),
             move |env| {
                 let outcome = db.apply_report(env.id, &env.body);
                 if matches!(outcome, ReportOutcome::Illegal) {
@@ -694,17 +956,47 @@ impl Executor for OrchestrationExecutor {
             },
         );
         let db = Arc::clone(&self.db);
-        consume(ctx, ctx.transport.listen(&wire::LOG).await?, move |env| {
-            db.append_logs(env.id, &env.body);
-        });
+        consume(
+            ctx,
+            ctx.transport.listen(&wire::LOG).await?,
+            gate,
+            move |env| {
+                db.append_logs(env.id, &env.body);
+            },
+        );
         let db = Arc::clone(&self.db);
         let seen = Arc::clone(&self.observed);
+        let node_config = Arc::clone(&ctx.config);
         consume(
             ctx,
             ctx.transport.listen(&wire::SYSINFO).await?,
+            None,
             move |env| {
                 let report = &env.body;
+                if !node_config.verify_join(&report.node, report.proof.as_deref()) {
+                    return;
+                }
                 let mut o = observed(&seen);
+                if let Some(heard) = o.drained.get_mut(&report.node) {
+                    // Drained: not added again, but what it still runs is stopped.
+                    if report.leaving {
+                        o.drained.remove(&report.node);
+                        o.instances.remove(&report.node);
+                    } else {
+                        *heard = Instant::now();
+                        o.instances
+                            .insert(report.node.clone(), report.instances.clone());
+                    }
+                    return;
+                }
+                if report.candidate {
+                    o.candidates.insert(report.node.clone());
+                } else {
+                    o.candidates.remove(&report.node);
+                }
+                o.first_seen
+                    .entry(report.node.clone())
+                    .or_insert_with(Instant::now);
                 if report.leaving {
                     o.leaving.push(report.node.clone());
                     o.last_heard.remove(&report.node);
@@ -733,24 +1025,81 @@ impl Executor for OrchestrationExecutor {
             }
         });
 
-        // Announce who leads, now and then, so late joiners learn it.
-        let announce = PlatformMessage {
-            info: self.platform_info(ctx),
-        };
-        let (transport, node, every, stop) = (
-            Arc::clone(&ctx.transport),
+        // Follow other orchestrators' announcements: one with a newer epoch (or the same
+        // epoch and a smaller id) takes over from this one.
+        let mut platform = ctx.transport.listen(&wire::PLATFORM).await?;
+        let (me, db, superseded, replication, waker, stop, node_ctx) = (
             ctx.node.clone(),
+            Arc::clone(&self.db),
+            Arc::clone(&self.superseded),
+            self.replication.clone(),
+            ctx.waker(),
+            ctx.shutdown(),
+            ctx.clone(),
+        );
+        ctx.spawn(async move {
+            loop {
+                let received = tokio::select! {
+                    r = platform.next() => r,
+                    () = stop.cancelled() => None,
+                };
+                let Some(received) = received else { return };
+                let message = received.envelope.body.clone();
+                if let Err(err) = received.ack().await {
+                    tracing::debug!(cause = %err, "ack of an announcement failed");
+                }
+                let info = message.info.clone();
+                let mine = db.epoch();
+                if info.orchestrator == me
+                    || message.claim
+                    || message.resigning
+                    || !(info.epoch > mine || (info.epoch == mine && info.orchestrator < me))
+                    || !node_ctx.verify_announcement(&message)
+                {
+                    continue;
+                }
+                tracing::warn!(orchestrator = %info.orchestrator, epoch = info.epoch, mine, "another orchestrator took over; this one stops");
+                if let Some(replication) = &replication {
+                    replication.supersede(
+                        format!("orchestrator {} took over (epoch {})", info.orchestrator, info.epoch),
+                        info.api_addr.clone(),
+                    );
+                } else {
+                    db.set_accepting(Some((
+                        format!("orchestrator {} took over (epoch {})", info.orchestrator, info.epoch),
+                        info.api_addr.clone(),
+                    )));
+                }
+                *superseded.lock().unwrap_or_else(|e| e.into_inner()) = Some(info);
+                waker.notify_one();
+            }
+        });
+
+        if let Some(replication) = &self.replication {
+            replication.start(ctx).await?;
+        }
+
+        // Announce who leads, now and then, so late joiners learn it. A confirmed
+        // announcement shows the broker is reachable (a lease without a ready standby).
+        let (announced, every, stop, replication, announce_ctx) = (
+            Arc::clone(&self.announced),
             self.config.announce_interval,
             ctx.shutdown(),
+            self.replication.clone(),
+            ctx.clone(),
         );
         ctx.spawn(async move {
             let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = ticker.tick() => {
-                        let env = Envelope::new(node.clone(), announce.info.epoch, announce.clone());
-                        if let Err(err) = transport.send(&wire::PLATFORM, &env).await {
-                            tracing::debug!(cause = %err, "platform announcement failed");
+                        let info = announced.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        let started = Instant::now();
+                        if announce(&announce_ctx, info, false, false).await
+                            && let Some(replication) = &replication
+                        {
+                            replication.announced(started);
                         }
                     }
                     () = stop.cancelled() => return,

@@ -50,6 +50,11 @@ pub struct WorkerConfig {
     pub log_batch_lines: usize,
     /// Longest a log line waits before it is sent.
     pub log_flush: Duration,
+    /// On a graceful stop, leave the platform: tell the orchestrator (which places this
+    /// node's apps elsewhere at once instead of waiting for the node timeout) and stop the
+    /// apps. Off, a stopped worker's apps keep running and are re-attached when it comes
+    /// back within the node timeout.
+    pub leave_on_shutdown: bool,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -65,7 +70,7 @@ impl std::fmt::Debug for WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            sysinfo_interval: Duration::from_secs(1),
+            sysinfo_interval: Duration::from_millis(500),
             stats_interval: Duration::from_secs(5),
             max_parallel_deployments: 2,
             stop_timeout: Duration::from_secs(10),
@@ -74,6 +79,7 @@ impl Default for WorkerConfig {
             probe: Arc::new(SysinfoProbe::default()),
             log_batch_lines: 200,
             log_flush: Duration::from_millis(200),
+            leave_on_shutdown: false,
         }
     }
 }
@@ -118,6 +124,8 @@ impl Shared {
 /// Deploys what the orchestrator sends to this node. See the module docs.
 pub struct WorkerExecutor {
     config: WorkerConfig,
+    /// Woken when another orchestrator takes over: report everything at once.
+    new_leader: Arc<tokio::sync::Notify>,
     shared: Arc<Mutex<Shared>>,
     permits: Arc<Semaphore>,
     last_stats: Option<tokio::time::Instant>,
@@ -137,6 +145,7 @@ impl WorkerExecutor {
         let permits = Arc::new(Semaphore::new(config.max_parallel_deployments.max(1)));
         WorkerExecutor {
             config,
+            new_leader: Arc::new(tokio::sync::Notify::new()),
             shared: Arc::new(Mutex::new(Shared::default())),
             permits,
             last_stats: None,
@@ -541,7 +550,26 @@ impl Worker {
             .await;
     }
 
-    async fn heartbeat(&self) {
+    /// Tells a new orchestrator every instance this node runs (their status, port, URL), so
+    /// that it converges without waiting for the next stats sample.
+    async fn report_all(&self) {
+        let running: Vec<(InstanceInfo, Option<String>)> = lock(&self.shared)
+            .instances
+            .values()
+            .map(|t| (t.info.clone(), t.url.clone()))
+            .collect();
+        for (info, url) in running {
+            self.report(
+                &info.deployment,
+                info.generation,
+                DeploymentStatus::Running,
+                Some((&info, url.as_deref())),
+            )
+            .await;
+        }
+    }
+
+    async fn heartbeat(&self, leaving: bool) {
         let stats = self.config.probe.sample().await;
         let instances = lock(&self.shared)
             .instances
@@ -558,7 +586,9 @@ impl Worker {
             address: self.ctx.config.address.clone(),
             stats,
             instances,
-            leaving: false,
+            leaving,
+            candidate: self.ctx.config.candidate,
+            proof: self.ctx.config.join_proof(&self.ctx.node),
         };
         if let Err(err) = self
             .ctx
@@ -657,6 +687,7 @@ impl Executor for WorkerExecutor {
         let mut work = ctx.transport.listen(&wire::work_channel(&ctx.node)).await?;
         let shutdown = ctx.shutdown();
         let platform_ctx = ctx.clone();
+        let new_leader = Arc::clone(&self.new_leader);
         let stop = shutdown.clone();
         ctx.spawn(async move {
             loop {
@@ -665,7 +696,18 @@ impl Executor for WorkerExecutor {
                     () = stop.cancelled() => None,
                 };
                 let Some(received) = received else { return };
-                platform_ctx.set_platform(received.envelope.body.info.clone());
+                let info = received.envelope.body.info.clone();
+                let before = platform_ctx.platform();
+                if !platform_ctx.verify_announcement(&received.envelope.body) {
+                    ack(received).await;
+                    continue;
+                }
+                if platform_ctx.set_platform(info.clone())
+                    && before.is_none_or(|b| b.orchestrator != info.orchestrator || b.epoch != info.epoch)
+                {
+                    tracing::info!(orchestrator = %info.orchestrator, epoch = info.epoch, "following the orchestrator");
+                    new_leader.notify_one();
+                }
                 ack(received).await;
             }
         });
@@ -684,13 +726,18 @@ impl Executor for WorkerExecutor {
         });
         let beat = worker.clone();
         let interval = self.config.sysinfo_interval;
+        let new_leader = Arc::clone(&self.new_leader);
         let stop = shutdown;
         ctx.spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = ticker.tick() => beat.heartbeat().await,
+                    _ = ticker.tick() => beat.heartbeat(false).await,
+                    () = new_leader.notified() => {
+                        beat.heartbeat(false).await;
+                        beat.report_all().await;
+                    }
                     () = stop.cancelled() => return,
                 }
             }
@@ -784,7 +831,25 @@ impl Executor for WorkerExecutor {
         Ok(())
     }
 
-    async fn shutdown(&mut self, _ctx: &NodeContext) -> Result<(), ExecutionFailure> {
+    async fn shutdown(&mut self, ctx: &NodeContext) -> Result<(), ExecutionFailure> {
+        if self.config.leave_on_shutdown {
+            // Leave: the orchestrator places the apps elsewhere now; stop them here.
+            let worker = self.worker(ctx);
+            worker.heartbeat(true).await;
+            let tracked: Vec<Tracked> = lock(&self.shared)
+                .instances
+                .drain()
+                .map(|(_, t)| t)
+                .collect();
+            tracing::info!(
+                apps = tracked.len(),
+                "leaving the platform: stopping this node's apps"
+            );
+            for t in tracked {
+                worker.stop_instance(t).await;
+            }
+            return Ok(());
+        }
         // Apps keep running: a restarted worker re-attaches them. Only the log followers of
         // this process end.
         for tracked in lock(&self.shared).instances.values_mut() {

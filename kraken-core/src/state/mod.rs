@@ -10,9 +10,11 @@
 //! gets everything back.
 
 mod logs;
+mod replica;
 mod store;
 
 pub use logs::LogLimits;
+pub use replica::{Changes, Part};
 
 use crate::model::{
     Deployment, DeploymentId, DeploymentStatus, LogLine, Node, NodeId, StatusKind, Timestamp,
@@ -21,7 +23,7 @@ use crate::model::{
 use crate::source;
 use crate::wire::{DeploymentMessage, LogMessage, MessageId, SysinfoMessage};
 use logs::LogStore;
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -34,6 +36,9 @@ pub enum StateError {
     /// No deployment with this id.
     #[error("no deployment {0}")]
     UnknownDeployment(DeploymentId),
+    /// No node with this id.
+    #[error("no node {0}")]
+    UnknownNode(NodeId),
     /// The request is not valid (bad URL or branch, ...); nothing was changed.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
@@ -52,6 +57,21 @@ pub enum StateError {
         /// The file.
         path: PathBuf,
     },
+    /// This node does not accept changes: it is not the acting orchestrator (a standby, a
+    /// demoted primary, or a primary that lost contact with its standby). Ask the leader.
+    #[error("this node does not accept changes now: {reason}{}", leader.as_ref().map(|l| format!(" (the orchestrator is at {l})")).unwrap_or_default())]
+    NotLeader {
+        /// Why.
+        reason: String,
+        /// The API address of the orchestrator, when known.
+        leader: Option<String>,
+    },
+    /// The change was made here but the standby did not confirm a copy in time: it may or
+    /// may not survive a failover. Check before retrying.
+    #[error(
+        "the change was not confirmed by the standby within {0:?}; check its state before retrying"
+    )]
+    NotReplicated(Duration),
     /// The storage failed.
     #[error("state storage {path}: {reason}")]
     Storage {
@@ -82,7 +102,7 @@ pub enum StateEvent {
         /// The new lines.
         lines: Vec<LogLine>,
     },
-    /// A node joined or reported.
+    /// A node joined, reported or is being drained.
     Node {
         /// Which.
         id: NodeId,
@@ -160,11 +180,19 @@ impl Seen {
 struct Inner {
     deployments: BTreeMap<DeploymentId, Deployment>,
     nodes: BTreeMap<NodeId, Node>,
+    /// Nodes asked to be drained: they get no new work and are removed once empty.
+    draining: BTreeSet<NodeId>,
     logs: LogStore,
     seen: Seen,
     epoch: u64,
     dirty: HashSet<DeploymentId>,
     epoch_dirty: bool,
+    /// Change sequence number: bumped on every change a standby must copy.
+    seq: u64,
+    /// Changes not yet sent to the standby, when one follows this database.
+    replication: Option<replica::Pending>,
+    /// Why changes are refused (`None`: accepted), and where the leader is.
+    refusal: Option<(String, Option<String>)>,
 }
 
 /// The orchestrator's state. Share it as `Arc<Database>` between the orchestration
@@ -178,6 +206,12 @@ pub struct Database {
     persist: Arc<Notify>,
     /// Serialises writers so a flush waits for one in progress.
     write_lock: tokio::sync::Mutex<()>,
+    /// Whether changes are accepted (see [`Database::set_accepting`]).
+    accepting: tokio::sync::watch::Sender<bool>,
+    /// The sequence number the standby confirmed, and whether one must confirm changes.
+    replicated: tokio::sync::watch::Sender<(u64, bool)>,
+    /// Woken when there are changes to send to the standby.
+    replication_wake: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Database {
@@ -236,11 +270,15 @@ impl Database {
             inner: Mutex::new(Inner {
                 deployments: BTreeMap::new(),
                 nodes: BTreeMap::new(),
+                draining: BTreeSet::new(),
                 logs,
                 seen: Seen::default(),
                 epoch: 0,
                 dirty: HashSet::new(),
                 epoch_dirty: false,
+                seq: 0,
+                replication: None,
+                refusal: None,
             }),
             config,
             changed: Arc::new(Notify::new()),
@@ -248,6 +286,9 @@ impl Database {
             store,
             persist: Arc::new(Notify::new()),
             write_lock: tokio::sync::Mutex::new(()),
+            accepting: tokio::sync::watch::Sender::new(true),
+            replicated: tokio::sync::watch::Sender::new((0, false)),
+            replication_wake: Arc::new(Notify::new()),
         }
     }
 
@@ -262,7 +303,56 @@ impl Database {
             inner.dirty.insert(id.clone());
             self.persist.notify_one();
         }
+        inner.seq += 1;
+        if let Some(pending) = inner.replication.as_mut() {
+            pending.deployments.insert(id.clone());
+            self.replication_wake.notify_one();
+        }
         self.changed.notify_one();
+    }
+
+    /// Records appended log lines for the standby.
+    fn logged(&self, inner: &mut Inner, id: &DeploymentId, lines: &[LogLine]) {
+        inner.seq += 1;
+        if let Some(pending) = inner.replication.as_mut() {
+            pending.add_logs(id, lines);
+            self.replication_wake.notify_one();
+        }
+    }
+
+    /// Refuses a change when this database does not accept changes.
+    fn check_accepting(inner: &Inner) -> Result<(), StateError> {
+        match &inner.refusal {
+            None => Ok(()),
+            Some((reason, leader)) => Err(StateError::NotLeader {
+                reason: reason.clone(),
+                leader: leader.clone(),
+            }),
+        }
+    }
+
+    /// Whether changes are accepted: true unless [`set_accepting`](Self::set_accepting)
+    /// said otherwise (a standby, a fenced or demoted primary).
+    pub fn accepting(&self) -> bool {
+        *self.accepting.borrow()
+    }
+
+    /// Watches [`accepting`](Self::accepting).
+    pub fn watch_accepting(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.accepting.subscribe()
+    }
+
+    /// Accepts changes (`None`) or refuses them with a reason and the leader's API address.
+    /// Requests (create, redeploy, destroy, drain, log deletion) are refused with
+    /// [`StateError::NotLeader`] while refused.
+    pub fn set_accepting(&self, refusal: Option<(String, Option<String>)>) {
+        let accepting = refusal.is_none();
+        self.lock().refusal = refusal;
+        self.accepting.send_if_modified(|a| {
+            let changed = *a != accepting;
+            *a = accepting;
+            changed
+        });
     }
 
     fn emit(&self, event: StateEvent) {
@@ -288,6 +378,7 @@ impl Database {
         source::validate_url(url).map_err(|e| StateError::InvalidRequest(e.to_string()))?;
         source::validate_branch(branch).map_err(|e| StateError::InvalidRequest(e.to_string()))?;
         let mut inner = self.lock();
+        Self::check_accepting(&inner)?;
         if inner.deployments.len() >= self.config.max_deployments {
             return Err(StateError::Full {
                 limit: self.config.max_deployments,
@@ -313,12 +404,29 @@ impl Database {
     /// Asks for a redeploy: the orchestrator looks up the branch head and deploys it if it
     /// moved (or always, after an error).
     pub fn request_redeploy(&self, id: &DeploymentId) -> Result<(), StateError> {
+        Self::check_accepting(&self.lock())?;
         self.transition(id, DeploymentStatus::UpdateRequested)
     }
 
     /// Asks for a deployment to be destroyed.
     pub fn request_destroy(&self, id: &DeploymentId) -> Result<(), StateError> {
+        Self::check_accepting(&self.lock())?;
         self.transition(id, DeploymentStatus::DestructionRequested)
+    }
+
+    /// Asks for a node to be drained: its deployments are placed on other nodes, then it is
+    /// removed from the platform. Asking again for a node being drained changes nothing.
+    pub fn request_drain(&self, node: &NodeId) -> Result<(), StateError> {
+        let mut inner = self.lock();
+        Self::check_accepting(&inner)?;
+        if !inner.nodes.contains_key(node) {
+            return Err(StateError::UnknownNode(node.clone()));
+        }
+        inner.draining.insert(node.clone());
+        drop(inner);
+        self.changed.notify_one();
+        self.emit(StateEvent::Node { id: node.clone() });
+        Ok(())
     }
 
     // ----- reads -----
@@ -369,6 +477,11 @@ impl Database {
         inner.nodes.get(id).map(|n| with_deployments(&inner, n))
     }
 
+    /// The nodes being drained, ordered by id.
+    pub fn draining(&self) -> Vec<NodeId> {
+        self.lock().draining.iter().cloned().collect()
+    }
+
     /// The newest `tail` log lines of a deployment (all kept lines if `None`); `None` when
     /// there is no such log.
     pub fn logs(&self, id: &DeploymentId, tail: Option<usize>) -> Option<Vec<LogLine>> {
@@ -402,6 +515,12 @@ impl Database {
     pub async fn delete_log(&self, id: &DeploymentId) -> Result<bool, StateError> {
         let (existed, dir) = {
             let mut inner = self.lock();
+            Self::check_accepting(&inner)?;
+            inner.seq += 1;
+            if let Some(pending) = inner.replication.as_mut() {
+                pending.deleted_logs.push(id.clone());
+                self.replication_wake.notify_one();
+            }
             (
                 inner.logs.remove(id),
                 inner.logs.dir().map(Path::to_path_buf),
@@ -435,6 +554,7 @@ impl Database {
     /// Sets the epoch (persisted).
     pub fn set_epoch(&self, epoch: u64) {
         let mut inner = self.lock();
+        inner.seq += 1;
         inner.epoch = epoch;
         inner.epoch_dirty = true;
         self.persist.notify_one();
@@ -535,6 +655,7 @@ impl Database {
                 joined_at: now,
                 rank: u32::MAX,
                 deployments: Vec::new(),
+                draining: false,
             });
         node.address.clone_from(&report.address);
         node.stats = report.stats.clone();
@@ -554,9 +675,13 @@ impl Database {
         }
     }
 
-    /// Forgets a node.
+    /// Forgets a node (and that it was being drained).
     pub fn remove_node(&self, id: &NodeId) -> Option<Node> {
-        let removed = self.lock().nodes.remove(id);
+        let removed = {
+            let mut inner = self.lock();
+            inner.draining.remove(id);
+            inner.nodes.remove(id)
+        };
         if removed.is_some() {
             self.changed.notify_one();
             self.emit(StateEvent::NodeRemoved { id: id.clone() });
@@ -575,6 +700,7 @@ impl Database {
         inner
             .logs
             .append(&batch.deployment, batch.lines.iter().cloned());
+        self.logged(&mut inner, &batch.deployment, &batch.lines);
         if self.store.is_some() {
             self.persist.notify_one();
         }
@@ -595,6 +721,7 @@ impl Database {
             return;
         }
         inner.logs.append(id, [line.clone()]);
+        self.logged(&mut inner, id, std::slice::from_ref(&line));
         if self.store.is_some() {
             self.persist.notify_one();
         }
@@ -664,6 +791,7 @@ fn with_deployments(inner: &Inner, node: &Node) -> Node {
         })
         .map(|d| d.id.clone())
         .collect();
+    n.draining = inner.draining.contains(&node.id);
     n
 }
 
@@ -783,6 +911,39 @@ mod tests {
         ));
         assert_eq!(db.deployments().len(), 1);
         assert_eq!(db.deployment(&d.id).unwrap().history.len(), 1);
+    }
+
+    #[test]
+    fn drain_requests_are_checked_and_forgotten_with_the_node() {
+        let db = Database::in_memory(StateConfig::default());
+        let node = NodeId::random();
+        assert!(matches!(
+            db.request_drain(&node),
+            Err(StateError::UnknownNode(n)) if n == node
+        ));
+        db.record_sysinfo(&SysinfoMessage {
+            node: node.clone(),
+            address: "10.0.0.2".into(),
+            stats: crate::model::NodeStats::default(),
+            instances: Vec::new(),
+            leaving: false,
+            candidate: false,
+            proof: None,
+        });
+        assert!(!db.node(&node).unwrap().draining);
+        db.set_accepting(Some(("standby".into(), None)));
+        assert!(matches!(
+            db.request_drain(&node),
+            Err(StateError::NotLeader { .. })
+        ));
+        assert!(db.draining().is_empty());
+        db.set_accepting(None);
+        db.request_drain(&node).unwrap();
+        db.request_drain(&node).unwrap();
+        assert_eq!(db.draining(), vec![node.clone()]);
+        assert!(db.nodes()[0].draining);
+        db.remove_node(&node);
+        assert!(db.draining().is_empty());
     }
 
     #[test]

@@ -1,0 +1,557 @@
+//! A partition of the orchestrator, with every agent on a host of its own: one network
+//! namespace per `kraken agent`, joined by a bridge that also holds the address of the
+//! machine's RabbitMQ broker. The primary is cut off from the broker and the other nodes
+//! (its API stays reachable for the test, as it would for a user on its side of the
+//! partition), then healed. All the while the test reads every node's `/health` and asserts
+//! that at no moment two nodes accept changes, with the epochs they answer.
+//!
+//! Needs root (namespaces, veth, iptables inside the namespaces) and the RabbitMQ broker of
+//! this machine (`rabbitmqctl` adds a user for the test: `guest` only logs in from
+//! loopback). Figures are printed on `figures:` lines for docs/rollover.md.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../kraken-core/tests/support/git.rs"]
+mod git;
+#[path = "support/http.rs"]
+mod http;
+#[path = "support/processes.rs"]
+mod processes;
+
+use git::GitRepo;
+use http::{http, request};
+use kraken_core::membership::JoinSecret;
+use processes::{Worker, wait_until};
+use serde_json::{Value, json};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const API_PORT: u16 = 8000;
+
+/// Runs a command; panics with its output when it fails.
+fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command for clean-up: failures are only printed.
+fn try_run(args: &[&str]) {
+    match Command::new(args[0]).args(&args[1..]).output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => eprintln!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)),
+        Err(err) => eprintln!("{args:?}: {err}"),
+    }
+}
+
+/// The test hosts: a bridge on this machine and one namespace per node on it.
+struct Net {
+    bridge: String,
+    subnet: String,
+    hosts: Vec<String>,
+    forward_rule: bool,
+}
+
+impl Net {
+    fn new(n: usize) -> Net {
+        let pid = std::process::id();
+        let tag = format!("kp{}", pid % 100_000);
+        let mut net = Net {
+            bridge: format!("{tag}br"),
+            subnet: format!("10.213.{}", pid % 250 + 1),
+            hosts: Vec::new(),
+            forward_rule: false,
+        };
+        run(&["ip", "link", "add", &net.bridge, "type", "bridge"]);
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}.1/24", net.subnet),
+            "dev",
+            &net.bridge,
+        ]);
+        run(&["ip", "link", "set", &net.bridge, "up"]);
+        // Docker's FORWARD policy drops bridged traffic between the namespaces otherwise.
+        run(&[
+            "iptables",
+            "-I",
+            "FORWARD",
+            "-i",
+            &net.bridge,
+            "-o",
+            &net.bridge,
+            "-j",
+            "ACCEPT",
+        ]);
+        net.forward_rule = true;
+        for i in 0..n {
+            let ns = format!("{tag}n{i}");
+            let veth = format!("{tag}v{i}");
+            run(&["ip", "netns", "add", &ns]);
+            net.hosts.push(ns.clone());
+            run(&[
+                "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ]);
+            run(&["ip", "link", "set", &veth, "master", &net.bridge]);
+            run(&["ip", "link", "set", &veth, "up"]);
+            let ip = format!("{}/24", net.host_ip(i));
+            net.in_host(i, &["ip", "addr", "add", &ip, "dev", "eth0"]);
+            net.in_host(i, &["ip", "link", "set", "eth0", "up"]);
+            net.in_host(i, &["ip", "link", "set", "lo", "up"]);
+        }
+        net
+    }
+
+    /// The broker's address as the hosts reach it.
+    fn gateway(&self) -> String {
+        format!("{}.1", self.subnet)
+    }
+
+    fn host_ip(&self, i: usize) -> String {
+        format!("{}.{}", self.subnet, 10 + i)
+    }
+
+    fn api(&self, i: usize) -> String {
+        format!("{}:{API_PORT}", self.host_ip(i))
+    }
+
+    fn wrapper(&self, i: usize) -> [&str; 4] {
+        ["ip", "netns", "exec", &self.hosts[i]]
+    }
+
+    fn in_host(&self, i: usize, args: &[&str]) -> String {
+        let mut all = self.wrapper(i).to_vec();
+        all.extend_from_slice(args);
+        run(&all)
+    }
+
+    /// Cuts host `i` off from everything but the test's requests to its API.
+    fn cut(&self, i: usize) {
+        let port = API_PORT.to_string();
+        for rule in [
+            ["-A", "INPUT", "-i", "eth0", "-p", "tcp", "--dport", &port, "-j", "ACCEPT"],
+            ["-A", "OUTPUT", "-o", "eth0", "-p", "tcp", "--sport", &port, "-j", "ACCEPT"],
+        ] {
+            let mut args = vec!["iptables"];
+            args.extend_from_slice(&rule);
+            self.in_host(i, &args);
+        }
+        self.in_host(i, &["iptables", "-A", "INPUT", "-i", "eth0", "-j", "DROP"]);
+        self.in_host(i, &["iptables", "-A", "OUTPUT", "-o", "eth0", "-j", "DROP"]);
+    }
+
+    fn heal(&self, i: usize) {
+        self.in_host(i, &["iptables", "-F", "INPUT"]);
+        self.in_host(i, &["iptables", "-F", "OUTPUT"]);
+    }
+
+    /// The processes running in host `i`.
+    fn pids(&self, i: usize) -> Vec<u32> {
+        run(&["ip", "netns", "pids", &self.hosts[i]])
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// App processes (`sleep 600`) on every host.
+    fn app_processes(&self) -> usize {
+        (0..self.hosts.len())
+            .flat_map(|i| self.pids(i))
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .unwrap_or_default()
+                    .starts_with(b"sleep\x00600")
+            })
+            .count()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for i in 0..self.hosts.len() {
+            for pid in self.pids(i) {
+                try_run(&["kill", "-9", &pid.to_string()]);
+            }
+        }
+        for ns in &self.hosts {
+            try_run(&["ip", "netns", "del", ns]);
+        }
+        try_run(&["ip", "link", "del", &self.bridge]);
+        if self.forward_rule {
+            try_run(&[
+                "iptables",
+                "-D",
+                "FORWARD",
+                "-i",
+                &self.bridge,
+                "-o",
+                &self.bridge,
+                "-j",
+                "ACCEPT",
+            ]);
+        }
+    }
+}
+
+/// A broker user for the test hosts (`guest` only logs in over loopback), deleted on drop.
+struct BrokerUser {
+    name: String,
+    password: String,
+}
+
+impl BrokerUser {
+    fn add() -> BrokerUser {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let user = BrokerUser {
+            name: format!("kraken-partition-{}", &id[..8]),
+            password: id,
+        };
+        run(&["rabbitmqctl", "-q", "add_user", &user.name, &user.password]);
+        run(&[
+            "rabbitmqctl",
+            "-q",
+            "set_permissions",
+            "-p",
+            "/",
+            &user.name,
+            ".*",
+            ".*",
+            ".*",
+        ]);
+        user
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        try_run(&["rabbitmqctl", "-q", "delete_user", &self.name]);
+    }
+}
+
+/// One `/health` answer of a node about itself.
+#[derive(Debug, Clone)]
+struct Sample {
+    node: usize,
+    sent: Duration,
+    answered: Duration,
+    epoch: u64,
+    role: String,
+    accepting: bool,
+}
+
+/// Reads every node's `/health` about itself, one after the other, until `stop` (or two
+/// minutes, or 200,000 samples).
+fn sampler(
+    nodes: Vec<(String, String)>,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<Vec<Sample>> {
+    std::thread::spawn(move || {
+        let mut samples = Vec::new();
+        while !stop.load(Ordering::SeqCst)
+            && start.elapsed() < Duration::from_secs(120)
+            && samples.len() < 200_000
+        {
+            for (i, (api, id)) in nodes.iter().enumerate() {
+                let sent = start.elapsed();
+                let answer = request(
+                    api,
+                    "GET",
+                    &format!("/health/{id}"),
+                    None,
+                    None,
+                    Duration::from_millis(500),
+                );
+                if let Some((200, h)) = answer {
+                    samples.push(Sample {
+                        node: i,
+                        sent,
+                        answered: start.elapsed(),
+                        epoch: h["epoch"].as_u64().unwrap_or(0),
+                        role: h["role"].as_str().unwrap_or_default().to_owned(),
+                        accepting: h["accepting"] == true,
+                    });
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        samples
+    })
+}
+
+fn graphql(api: &str, token: &str, query: &str) -> Value {
+    http(
+        api,
+        "POST",
+        "/graphql",
+        Some(&json!({ "query": query })),
+        Some(token),
+    )
+    .map_or(Value::Null, |(_, v)| v)
+}
+
+fn deployments(api: &str, token: &str) -> Vec<Value> {
+    graphql(api, token, "{ getDeployments { id status node } }")["data"]["getDeployments"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn create(api: &str, token: &str, repo: &GitRepo) -> Value {
+    graphql(
+        api,
+        token,
+        &format!(
+            "mutation {{ createDeployment(deploymentUrl: \"{}\", gitBranch: \"main\") }}",
+            repo.url()
+        ),
+    )
+}
+
+fn accepting(api: &str, id: &str) -> bool {
+    http(api, "GET", &format!("/health/{id}"), None, None)
+        .is_some_and(|(_, h)| h["accepting"] == true)
+}
+
+#[test]
+#[ignore = "needs rabbitmq and root (network namespaces)"]
+fn a_partitioned_primary_stops_accepting_before_the_standby_takes_over_and_ends_a_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::new(3);
+    let user = BrokerUser::add();
+    let secret = JoinSecret::generate().unwrap();
+    let token = secret.derive("api-token");
+    let prefix = format!("kraken-test-{}", uuid::Uuid::new_v4().simple());
+    let amqp = format!(
+        "amqp://{}:{}@{}:5672/%2f",
+        user.name,
+        user.password,
+        net.gateway()
+    );
+    let start_node = |i: usize| {
+        let (api, address) = (net.api(i), net.host_ip(i));
+        Worker::start_via(
+            &net.wrapper(i),
+            &dir.path().join(format!("node-{i}")),
+            &[
+                "--runtime",
+                "process",
+                "--amqp",
+                &amqp,
+                "--amqp-prefix",
+                &prefix,
+                "--api-addr",
+                &api,
+                "--address",
+                &address,
+                "--join-secret",
+                &secret.as_text(),
+                "--no-mdns",
+            ],
+        )
+    };
+    let log_of = |i: usize| {
+        std::fs::read_to_string(dir.path().join(format!("node-{i}")).join("agent.log"))
+            .unwrap_or_default()
+    };
+
+    // Node 0 starts the platform; 1 and 2 join; one of them becomes the standby.
+    let mut nodes = vec![start_node(0)];
+    let ids = |nodes: &[Worker]| nodes.iter().map(|w| w.id.clone()).collect::<Vec<_>>();
+    wait_until(Duration::from_secs(60), "node 0 leads", || {
+        accepting(&net.api(0), &nodes[0].id)
+    });
+    nodes.push(start_node(1));
+    nodes.push(start_node(2));
+    let id = ids(&nodes);
+    let candidates = || {
+        graphql(&net.api(0), &token, "{ getPlatform { candidates } }")["data"]["getPlatform"]
+            ["candidates"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "both nodes joined and a standby is ready",
+        || candidates().len() == 3 && accepting(&net.api(0), &id[0]),
+    );
+    let standby = id.iter().position(|n| *n == candidates()[1]).unwrap();
+
+    // Three apps, on every node.
+    let repos: Vec<GitRepo> = (0..3)
+        .map(|i| {
+            GitRepo::with_manifest(&format!(
+                "[app]\nname = \"part-{i}\"\n\n[config]\nport = 9300\nlang = \"python\"\nrun = \"exec sleep 600\"\n"
+            ))
+        })
+        .collect();
+    for repo in &repos {
+        let v = create(&net.api(0), &token, repo);
+        assert!(v["data"]["createDeployment"].is_string(), "{v}");
+    }
+    wait_until(Duration::from_secs(120), "3 Running", || {
+        let all = deployments(&net.api(0), &token);
+        all.len() == 3 && all.iter().all(|d| d["status"] == "Running")
+    });
+
+    // Watch every node's health while node 0 is cut off and healed.
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = sampler(
+        (0..3).map(|i| (net.api(i), id[i].clone())).collect(),
+        start,
+        Arc::clone(&stop),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let cut_at = start.elapsed();
+    net.cut(0);
+    wait_until(Duration::from_secs(30), "the standby takes over", || {
+        accepting(&net.api(standby), &id[standby])
+    });
+    let took_over = start.elapsed() - cut_at;
+
+    // On either side: the old primary refuses a change, the new one takes it.
+    let refused = create(&net.api(0), &token, &repos[0]);
+    assert!(
+        refused["data"].is_null() && refused["errors"].to_string().contains("NOT_LEADER"),
+        "the cut-off primary took a change: {refused}"
+    );
+    let taken = create(&net.api(standby), &token, &repos[1]);
+    let fourth = taken["data"]["createDeployment"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the new primary refused a change: {taken}"))
+        .to_owned();
+    // Node 0 is silent: its apps are placed again on the living nodes, the fourth too.
+    wait_until(
+        Duration::from_secs(120),
+        "4 Running, none on the cut-off node",
+        || {
+            let all = deployments(&net.api(standby), &token);
+            all.len() == 4
+                && all
+                    .iter()
+                    .all(|d| d["status"] == "Running" && d["node"] != id[0].as_str())
+        },
+    );
+
+    let healed_at = start.elapsed();
+    net.heal(0);
+    wait_until(
+        Duration::from_secs(60),
+        "the old primary demotes itself",
+        || {
+            log_of(0).contains("role Follower")
+                && http(&net.api(0), "GET", &format!("/health/{}", id[0]), None, None)
+                    .is_none_or(|(_, h)| h["role"] != "primary")
+        },
+    );
+    let demoted = start.elapsed() - healed_at;
+    // It is a node of the new primary's platform again, with a rank, running no stale app.
+    wait_until(
+        Duration::from_secs(60),
+        "the old primary is listed as a node of the new one",
+        || {
+            http(
+                &net.api(standby),
+                "GET",
+                &format!("/health/{}", id[0]),
+                None,
+                None,
+            )
+            .is_some_and(|(s, h)| s == 200 && h["role"] != "primary" && h["rank"].is_u64())
+        },
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "exactly one app process per deployment",
+        || net.app_processes() == 4,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::SeqCst);
+    let samples = watcher.join().unwrap();
+
+    // At no moment two nodes accepting: the spans from the first to the last accepting
+    // answer of each node do not overlap.
+    let spans: Vec<(usize, Duration, Duration, u64)> = (0..3)
+        .filter_map(|n| {
+            let acc: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| s.node == n && s.accepting)
+                .collect();
+            Some((
+                n,
+                acc.first()?.sent,
+                acc.last()?.answered,
+                acc.first()?.epoch,
+            ))
+        })
+        .collect();
+    let mut want = vec![0, standby];
+    want.sort_unstable();
+    assert_eq!(
+        spans.iter().map(|s| s.0).collect::<Vec<_>>(),
+        want,
+        "only the old and the new primary ever accept: {spans:?}"
+    );
+    let old = spans.iter().find(|s| s.0 == 0).unwrap();
+    let new = spans.iter().find(|s| s.0 == standby).unwrap();
+    assert!(
+        old.2 < new.1,
+        "two nodes accepted at once: old primary until {:?}, new from {:?}",
+        old.2,
+        new.1
+    );
+    // Each node answers one epoch while accepting, the new one higher.
+    for (n, ..) in &spans {
+        let epochs: std::collections::BTreeSet<u64> = samples
+            .iter()
+            .filter(|s| s.node == *n && s.accepting)
+            .map(|s| s.epoch)
+            .collect();
+        assert_eq!(epochs.len(), 1, "node {n} accepted under {epochs:?}");
+    }
+    assert!(new.3 > old.3, "epochs: old {}, new {}", old.3, new.3);
+    // The fence was seen, not guessed: the old primary answered "not accepting" after its
+    // last accepting answer and before the new primary's first.
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.node == 0 && !s.accepting && s.sent > old.2 && s.answered < new.1),
+        "no sample of the fenced old primary between the two"
+    );
+    assert!(old.2 > cut_at, "node 0 accepted up to the cut");
+    // After the heal nobody at the old epoch claims to lead.
+    assert!(
+        !samples
+            .iter()
+            .any(|s| s.sent > healed_at && s.role == "primary" && s.epoch <= old.3 && s.accepting),
+        "the old primary accepted again after the heal"
+    );
+    println!(
+        "figures: partition → old primary refuses changes {:?}; → new primary (epoch {} → {}) accepting {:?} ({:?} with nobody accepting); heal → old primary demoted {:?}; {} health samples",
+        old.2.saturating_sub(cut_at),
+        old.3,
+        new.3,
+        took_over,
+        new.1.saturating_sub(old.2),
+        demoted,
+        samples.len()
+    );
+    assert!(deployments(&net.api(standby), &token)
+        .iter()
+        .any(|d| d["id"] == fourth.as_str()));
+    drop(nodes);
+}
