@@ -311,6 +311,17 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM (`kill`, systemd, `docker stop`): both stop the
+/// node gracefully.
+pub async fn stop_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C"),
+        _ = term.recv() => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact;
@@ -325,16 +336,5 @@ mod tests {
             redact("amqp://127.0.0.1:5672/%2f"),
             "amqp://127.0.0.1:5672/%2f"
         );
-    }
-}
-
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM (`kill`, systemd, `docker stop`): both stop the
-/// node gracefully.
-pub async fn stop_signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C"),
-        _ = term.recv() => Ok(()),
     }
 }

@@ -137,8 +137,12 @@ impl Net {
     fn cut(&self, i: usize) {
         let port = API_PORT.to_string();
         for rule in [
-            ["-A", "INPUT", "-i", "eth0", "-p", "tcp", "--dport", &port, "-j", "ACCEPT"],
-            ["-A", "OUTPUT", "-o", "eth0", "-p", "tcp", "--sport", &port, "-j", "ACCEPT"],
+            [
+                "-A", "INPUT", "-i", "eth0", "-p", "tcp", "--dport", &port, "-j", "ACCEPT",
+            ],
+            [
+                "-A", "OUTPUT", "-o", "eth0", "-p", "tcp", "--sport", &port, "-j", "ACCEPT",
+            ],
         ] {
             let mut args = vec!["iptables"];
             args.extend_from_slice(&rule);
@@ -161,16 +165,20 @@ impl Net {
             .collect()
     }
 
-    /// App processes (`sleep 600`) on every host.
-    fn app_processes(&self) -> usize {
+    /// App processes (`sleep 600`) on each host.
+    fn app_processes(&self) -> Vec<usize> {
         (0..self.hosts.len())
-            .flat_map(|i| self.pids(i))
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .unwrap_or_default()
-                    .starts_with(b"sleep\x00600")
+            .map(|i| {
+                self.pids(i)
+                    .into_iter()
+                    .filter(|pid| {
+                        std::fs::read(format!("/proc/{pid}/cmdline"))
+                            .unwrap_or_default()
+                            .starts_with(b"sleep\x00600")
+                    })
+                    .count()
             })
-            .count()
+            .collect()
     }
 }
 
@@ -233,6 +241,24 @@ impl BrokerUser {
 impl Drop for BrokerUser {
     fn drop(&mut self) {
         try_run(&["rabbitmqctl", "-q", "delete_user", &self.name]);
+    }
+}
+
+/// Prints the end of every agent's log when the test fails.
+struct LogsOnFailure(std::path::PathBuf, usize);
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for i in 0..self.1 {
+            let log = std::fs::read_to_string(self.0.join(format!("node-{i}/agent.log")))
+                .unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+            eprintln!("--- node-{i}/agent.log (end)\n{tail}");
+        }
     }
 }
 
@@ -326,6 +352,7 @@ fn accepting(api: &str, id: &str) -> bool {
 fn a_partitioned_primary_stops_accepting_before_the_standby_takes_over_and_ends_a_worker() {
     let dir = tempfile::tempdir().unwrap();
     let net = Net::new(3);
+    let _logs = LogsOnFailure(dir.path().to_path_buf(), 3);
     let user = BrokerUser::add();
     let secret = JoinSecret::generate().unwrap();
     let token = secret.derive("api-token");
@@ -454,8 +481,14 @@ fn a_partitioned_primary_stops_accepting_before_the_standby_takes_over_and_ends_
         "the old primary demotes itself",
         || {
             log_of(0).contains("role Follower")
-                && http(&net.api(0), "GET", &format!("/health/{}", id[0]), None, None)
-                    .is_none_or(|(_, h)| h["role"] != "primary")
+                && http(
+                    &net.api(0),
+                    "GET",
+                    &format!("/health/{}", id[0]),
+                    None,
+                    None,
+                )
+                .is_none_or(|(_, h)| h["role"] != "primary")
         },
     );
     let demoted = start.elapsed() - healed_at;
@@ -474,10 +507,18 @@ fn a_partitioned_primary_stops_accepting_before_the_standby_takes_over_and_ends_
             .is_some_and(|(s, h)| s == 200 && h["role"] != "primary" && h["rank"].is_u64())
         },
     );
+    let mut seen = Vec::new();
     wait_until(
         Duration::from_secs(60),
         "exactly one app process per deployment",
-        || net.app_processes() == 4,
+        || {
+            let now = net.app_processes();
+            if now != seen {
+                eprintln!("app processes per host: {now:?}");
+                seen = now;
+            }
+            seen.iter().sum::<usize>() == 4
+        },
     );
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::SeqCst);
@@ -550,8 +591,10 @@ fn a_partitioned_primary_stops_accepting_before_the_standby_takes_over_and_ends_
         demoted,
         samples.len()
     );
-    assert!(deployments(&net.api(standby), &token)
-        .iter()
-        .any(|d| d["id"] == fourth.as_str()));
+    assert!(
+        deployments(&net.api(standby), &token)
+            .iter()
+            .any(|d| d["id"] == fourth.as_str())
+    );
     drop(nodes);
 }

@@ -49,4 +49,3 @@ pub fn request(
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((status, serde_json::from_str(json).unwrap_or(Value::Null)))
 }
-

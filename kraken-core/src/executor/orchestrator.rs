@@ -259,7 +259,9 @@ impl OrchestrationExecutor {
                 order.retain(|n| n != s);
                 order.insert(0, s.clone());
             }
+            // A fenced primary may be the one cut off: the queues are another's by now.
             if let Some(Some(old)) = replication.designate(standby)
+                && self.db.accepting()
                 && let Err(err) = ctx
                     .transport
                     .delete(wire::replica_channel(&old).spec())
@@ -373,9 +375,15 @@ impl OrchestrationExecutor {
             }
             lost
         };
+        // Fenced, this orchestrator may be the one cut off, not the nodes: it forgets them
+        // (so that a lost standby is replaced) but leaves their queues to whoever leads.
+        let fenced = !self.db.accepting();
         for node in lost {
             if self.db.remove_node(&node).is_some() {
                 tracing::warn!(node = %node, "node lost; its deployments will be placed again");
+                if fenced {
+                    continue;
+                }
                 if let Err(err) = ctx.transport.delete(wire::work_channel(&node).spec()).await {
                     tracing::debug!(node = %node, cause = %err, "could not delete the work queue");
                 }
