@@ -208,6 +208,14 @@ impl OrchestrationExecutor {
         }
     }
 
+    /// Tells an orchestrator taking over that `node` (the primary before it, silent since
+    /// `at`) was last heard at `at`: unlike the other nodes holding deployments, it is not
+    /// presumed alive for a whole node timeout from now, so its apps are placed again one
+    /// node timeout after its last word. Call before `setup`.
+    pub fn heard_last(&mut self, node: NodeId, at: Instant) {
+        observed(&self.observed).last_heard.insert(node, at);
+    }
+
     /// The orchestrator that took over from this one (it announced a newer epoch), if any:
     /// this one then refuses changes and should stop.
     pub fn superseded(&self) -> Option<PlatformInfo> {
@@ -1058,6 +1066,12 @@ impl Executor for OrchestrationExecutor {
                 }
                 let info = message.info.clone();
                 let mine = db.epoch();
+                if info.orchestrator == me && !message.claim && info.epoch == mine {
+                    if let Some(replication) = &replication {
+                        replication.heard_own(Instant::now());
+                    }
+                    continue;
+                }
                 if info.orchestrator == me
                     || message.claim
                     || message.resigning

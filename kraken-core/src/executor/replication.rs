@@ -31,6 +31,11 @@ pub struct ReplicationConfig {
     pub heartbeat: Duration,
     /// Size of one replication message, in bytes of JSON (well below the wire limit).
     pub part_bytes: usize,
+    /// After its lease lapsed (it lost the broker, or its standby), a primary takes a lease
+    /// from the broker again only once it heard its own announcements come back for this
+    /// long without a gap: long enough to hear an orchestrator that took over meanwhile
+    /// (it announces every few hundred milliseconds) and to stand down instead.
+    pub rejoin: Duration,
 }
 
 impl Default for ReplicationConfig {
@@ -39,6 +44,7 @@ impl Default for ReplicationConfig {
             lease: Duration::from_millis(600),
             heartbeat: Duration::from_millis(150),
             part_bytes: 256 * 1024,
+            rejoin: Duration::from_secs(1),
         }
     }
 }
@@ -58,6 +64,11 @@ struct State {
     ping: u64,
     pings: VecDeque<(u64, Instant)>,
     lease_until: Option<Instant>,
+    /// Whether a lease was ever given. The first needs no listening: the claim listened.
+    leased_once: bool,
+    /// This primary's own announcements heard back on the platform channel without a gap
+    /// longer than the lease: since when, and the newest.
+    heard_back: Option<(Instant, Instant)>,
     /// Why the primary must not accept changes whatever the lease (another took over).
     superseded: Option<(String, Option<String>)>,
 }
@@ -145,14 +156,37 @@ impl Replication {
     }
 
     /// A confirmed announcement started at `started`: the broker is reachable. Gives a
-    /// lease when there is no ready standby.
+    /// lease when there is no ready standby, and the lease has not lapsed since the last
+    /// one (or there was none yet), or this primary listened long enough since it lapsed
+    /// (see [`ReplicationConfig::rejoin`]).
     pub(crate) fn announced(&self, started: Instant) {
         let mut s = self.lock();
-        if !s.ready {
+        if s.ready {
+            return;
+        }
+        let unbroken = s.lease_until.is_some_and(|until| started <= until);
+        let listened = s.heard_back.is_some_and(|(since, newest)| {
+            started.saturating_duration_since(since) >= self.config.rejoin
+                && started.saturating_duration_since(newest) <= self.config.lease
+        });
+        if !s.leased_once || unbroken || listened {
+            s.leased_once = true;
             s.extend_lease(started, self.config.lease);
             drop(s);
             self.evaluate.notify_one();
         }
+    }
+
+    /// This primary's own announcement came back through the platform channel at `at`:
+    /// its subscription works, so it would hear another orchestrator's too.
+    pub(crate) fn heard_own(&self, at: Instant) {
+        let mut s = self.lock();
+        s.heard_back = match s.heard_back {
+            Some((since, newest)) if at.saturating_duration_since(newest) <= self.config.lease => {
+                Some((since, at))
+            }
+            _ => Some((at, at)),
+        };
     }
 
     /// Why changes are refused now (`None`: accepted), and until when the answer holds.
@@ -346,5 +380,85 @@ impl Replication {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StateConfig;
+
+    fn replication() -> Replication {
+        Replication::new(
+            ReplicationConfig::default(),
+            Database::in_memory(StateConfig::default()),
+        )
+    }
+
+    fn leased(r: &Replication, now: Instant) -> bool {
+        r.refusal(now).0.is_none()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_confirmed_announcement_gives_a_lease_that_lapses() {
+        let r = replication();
+        let t0 = Instant::now();
+        assert!(!leased(&r, t0), "no lease before any confirmation");
+        r.announced(t0);
+        assert!(leased(&r, t0 + Duration::from_millis(599)));
+        assert!(!leased(&r, t0 + Duration::from_millis(601)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_lapse_the_broker_gives_a_lease_only_after_listening() {
+        let r = replication();
+        let t0 = Instant::now();
+        r.announced(t0);
+        // Cut off for 3 s: the lease lapses. The broker confirms again at t0 + 3 s, and
+        // this primary hears its own announcements back from then on, every 250 ms.
+        let back = t0 + Duration::from_secs(3);
+        let mut t = back;
+        while t < back + Duration::from_millis(900) {
+            r.heard_own(t);
+            r.announced(t);
+            assert!(!leased(&r, t), "leased {:?} after the heal", t - back);
+            t += Duration::from_millis(250);
+        }
+        // A full `rejoin` of listening without hearing another orchestrator: leased again.
+        r.heard_own(t);
+        t += Duration::from_millis(250);
+        r.heard_own(t);
+        r.announced(t);
+        assert!(leased(&r, t));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gap_in_hearing_itself_restarts_the_listening() {
+        let r = replication();
+        let t0 = Instant::now();
+        r.announced(t0);
+        let back = t0 + Duration::from_secs(3);
+        r.heard_own(back);
+        // Heard nothing for longer than the lease (its subscription was down), then again.
+        let again = back + Duration::from_millis(900);
+        r.heard_own(again);
+        r.announced(again + Duration::from_millis(200));
+        assert!(!leased(&r, again + Duration::from_millis(200)));
+        r.heard_own(again + Duration::from_millis(500));
+        r.heard_own(again + Duration::from_millis(1000));
+        r.announced(again + Duration::from_millis(1000));
+        assert!(leased(&r, again + Duration::from_millis(1000)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_superseded_primary_never_gets_a_lease() {
+        let r = replication();
+        let t0 = Instant::now();
+        r.supersede("orchestrator b took over (epoch 2)".into(), None);
+        r.heard_own(t0);
+        r.announced(t0);
+        r.heard_own(t0 + Duration::from_secs(2));
+        r.announced(t0 + Duration::from_secs(2));
+        assert!(!leased(&r, t0 + Duration::from_secs(2)));
     }
 }

@@ -92,6 +92,8 @@ enum Acting {
     Claiming {
         since: Instant,
         epoch: u64,
+        /// The primary this claim takes over from, silent since then.
+        silent: Option<(NodeId, Instant)>,
     },
     Primary {
         orchestrator: Box<OrchestrationExecutor>,
@@ -202,7 +204,7 @@ impl RolloverExecutor {
 
     /// Announces a claim; the node becomes primary after the claim window unless an
     /// orchestrator speaks up.
-    async fn claim(&mut self, ctx: &NodeContext) {
+    async fn claim(&mut self, ctx: &NodeContext, silent: Option<(NodeId, Instant)>) {
         let epoch = self.next_epoch();
         let info = PlatformInfo {
             orchestrator: ctx.node.clone(),
@@ -219,11 +221,12 @@ impl RolloverExecutor {
         self.acting = Acting::Claiming {
             since: Instant::now(),
             epoch,
+            silent,
         };
         self.set_role(Role::Claiming);
     }
 
-    async fn promote(&mut self, ctx: &NodeContext, epoch: u64) {
+    async fn promote(&mut self, ctx: &NodeContext, epoch: u64, silent: Option<(NodeId, Instant)>) {
         self.db.set_epoch(epoch);
         if let Err(err) = self.db.flush().await {
             tracing::error!(cause = %err, "cannot persist the new epoch; not taking over");
@@ -237,6 +240,9 @@ impl RolloverExecutor {
             Arc::clone(&self.db),
             self.config.orchestrator.clone(),
         ));
+        if let Some((node, at)) = silent {
+            orchestrator.heard_last(node, at);
+        }
         self.primary_flag
             .store(true, std::sync::atomic::Ordering::SeqCst);
         if let Err(err) = orchestrator.setup(&octx).await {
@@ -286,6 +292,7 @@ impl RolloverExecutor {
 /// Applies replication messages to the node's database and acknowledges them.
 struct Applier {
     db: Arc<Database>,
+    heard: Arc<Mutex<Heard>>,
     replica: Arc<Mutex<Replica>>,
     primary_flag: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -301,6 +308,15 @@ impl Applier {
             ReplicationMessage::Snapshot { epoch, ping, .. }
             | ReplicationMessage::Delta { epoch, ping, .. } => (*epoch, *ping),
         };
+        // A primary older than the newest orchestrator heard was replaced: confirming its
+        // state would give it a lease.
+        if lock(&self.heard)
+            .leader
+            .as_ref()
+            .is_some_and(|l| epoch < l.epoch)
+        {
+            return None;
+        }
         let snapshot = {
             let mut r = lock(&self.replica);
             if r.primary.as_ref() != Some(&sender) || epoch < r.epoch {
@@ -469,6 +485,7 @@ impl Executor for RolloverExecutor {
             .await?;
         let applier = Applier {
             db: Arc::clone(&self.db),
+            heard: Arc::clone(&self.heard),
             replica: Arc::clone(&self.replica),
             primary_flag: Arc::clone(&self.primary_flag),
         };
@@ -511,13 +528,19 @@ impl Executor for RolloverExecutor {
             return orchestrator.execute(octx).await;
         }
         let heard = lock(&self.heard).clone();
-        if let Acting::Claiming { since, epoch } = self.acting {
+        if let Acting::Claiming {
+            since,
+            epoch,
+            ref silent,
+        } = self.acting
+        {
+            let silent = silent.clone();
             if heard.at.is_some_and(|at| at > since) && !heard.resigning {
                 tracing::info!("an orchestrator answered: not taking over");
                 self.acting = Acting::Follower;
                 self.set_role(Role::Follower);
             } else if now.duration_since(since) >= self.config.claim_window {
-                self.promote(ctx, epoch).await;
+                self.promote(ctx, epoch, silent).await;
             }
             return Ok(());
         }
@@ -551,17 +574,20 @@ impl Executor for RolloverExecutor {
                     let silent = now.duration_since(last);
                     if complete && (heard.resigning || silent > self.config.failover_timeout) {
                         tracing::warn!(orchestrator = %leader.orchestrator, silent_ms = silent.as_millis() as u64, resigned = heard.resigning, "the orchestrator is gone; taking over");
-                        self.claim(ctx).await;
+                        // A primary that resigned may leave its apps to be re-attached;
+                        // a silent one is gone since its last word.
+                        let gone = (!heard.resigning).then(|| (leader.orchestrator.clone(), last));
+                        self.claim(ctx, gone).await;
                     }
                 }
             }
             None => match self.config.lead {
                 Lead::Now => {
                     let epoch = self.next_epoch();
-                    self.promote(ctx, epoch).await;
+                    self.promote(ctx, epoch, None).await;
                 }
                 Lead::WhenAlone if now.duration_since(self.started) >= self.config.startup_wait => {
-                    self.claim(ctx).await;
+                    self.claim(ctx, None).await;
                 }
                 Lead::WhenAlone | Lead::OnlyByFailover => {}
             },
