@@ -77,7 +77,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let (amqp, secret, announced_broker) = match &args.amqp {
         Some(url) => {
             let secret = args.rollover.secret(&data_dir, true).await?;
-            (url.clone(), secret, None)
+            let others = node::broker_for_others(url, &args.address);
+            (url.clone(), secret, Some(others))
         }
         None => {
             let found = discovery::find_orchestrator(&DiscoveryConfig {

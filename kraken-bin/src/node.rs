@@ -288,7 +288,23 @@ pub async fn join(addr: &str, node: &NodeId, secret: &JoinSecret) -> Result<Stri
 #[cfg(feature = "amqp")]
 async fn amqp_transport(url: &str, prefix: &str) -> Result<Arc<dyn Transport>> {
     use kraken_core::transport::amqp::{AmqpConfig, AmqpTransport};
-    let transport = AmqpTransport::connect(AmqpConfig::default().url(url).prefix(prefix))
+    // Queues nobody used for this long are deleted by the broker, so a platform gone for
+    // good (or a test's) leaves nothing behind. Off by default.
+    let expiry = match std::env::var("KRAKEN_AMQP_QUEUE_EXPIRY_SECS") {
+        Ok(text) => Some(Duration::from_secs(text.trim().parse().with_context(
+            || {
+                format!(
+                    "KRAKEN_AMQP_QUEUE_EXPIRY_SECS must be a whole number of seconds, not {text:?}"
+                )
+            },
+        )?)),
+        Err(_) => None,
+    };
+    let config = AmqpConfig::default()
+        .url(url)
+        .prefix(prefix)
+        .queue_expiry(expiry);
+    let transport = AmqpTransport::connect(config)
         .await
         .with_context(|| format!("cannot connect to the broker at {}", redact(url)))?;
     Ok(Arc::new(transport))
@@ -322,9 +338,64 @@ pub async fn stop_signal() -> Result<()> {
     }
 }
 
+/// The broker URL told to joining nodes (over `/join`, which checks their join secret, and
+/// on the broker's `platform` channel; `/platform` shows it without its password): `url`
+/// with its credentials, a loopback host replaced by this machine's `address` so that other
+/// machines can use it.
+pub fn broker_for_others(url: &str, address: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return url.to_owned();
+    };
+    // `amqp` is not a scheme the URL parser knows, so its host comes as text.
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(d)) => {
+            d.eq_ignore_ascii_case("localhost")
+                || d.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    let remote = address
+        .parse::<std::net::IpAddr>()
+        .map_or(!address.eq_ignore_ascii_case("localhost"), |ip| {
+            !ip.is_loopback()
+        });
+    if loopback && remote && parsed.set_host(Some(address)).is_ok() {
+        parsed.to_string()
+    } else {
+        url.to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{broker_for_others, redact};
+
+    #[test]
+    fn joining_nodes_get_the_credentials_and_a_reachable_host() {
+        assert_eq!(
+            broker_for_others("amqp://kraken:pw@10.0.0.2:5672/%2f", "10.0.0.9"),
+            "amqp://kraken:pw@10.0.0.2:5672/%2f"
+        );
+        assert_eq!(
+            broker_for_others("amqp://kraken:pw@127.0.0.1:5672/%2f", "10.0.0.9"),
+            "amqp://kraken:pw@10.0.0.9:5672/%2f"
+        );
+        assert_eq!(
+            broker_for_others("amqp://localhost/%2f", "192.168.1.4"),
+            "amqp://192.168.1.4/%2f"
+        );
+        // Nothing better to offer: left as it is.
+        assert_eq!(
+            broker_for_others("amqp://127.0.0.1:5672/%2f", "127.0.0.1"),
+            "amqp://127.0.0.1:5672/%2f"
+        );
+        assert_eq!(broker_for_others("not a url", "10.0.0.9"), "not a url");
+    }
 
     #[test]
     fn passwords_are_hidden() {

@@ -90,7 +90,11 @@ pub async fn run(args: UpArgs, token: Option<String>) -> Result<()> {
         let local = crate::broker::ensure_local(&args.address, &secret).await?;
         (Some(local.url), Some(local.announced_url))
     } else {
-        (args.amqp.clone(), None)
+        let others = args
+            .amqp
+            .as_deref()
+            .map(|url| node::broker_for_others(url, &args.address));
+        (args.amqp.clone(), others)
     };
     let transport = node::transport(amqp.as_deref(), &args.amqp_prefix).await?;
     let db = Database::open(&data_dir.join("orchestrator"), StateConfig::default())

@@ -14,253 +14,21 @@
 mod git;
 #[path = "support/http.rs"]
 mod http;
+#[path = "support/netns.rs"]
+mod netns;
 #[path = "support/processes.rs"]
 mod processes;
 
 use git::GitRepo;
 use http::{http, request};
 use kraken_core::membership::JoinSecret;
-use processes::{Worker, wait_until};
+use netns::{BrokerUser, LogsOnFailure, Net};
+use processes::{Worker, one_at_a_time, wait_until};
 use serde_json::{Value, json};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-const API_PORT: u16 = 8000;
-
-/// Runs a command; panics with its output when it fails.
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs a command for clean-up: failures are only printed.
-fn try_run(args: &[&str]) {
-    match Command::new(args[0]).args(&args[1..]).output() {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => eprintln!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)),
-        Err(err) => eprintln!("{args:?}: {err}"),
-    }
-}
-
-/// The test hosts: a bridge on this machine and one namespace per node on it.
-struct Net {
-    bridge: String,
-    subnet: String,
-    hosts: Vec<String>,
-    forward_rule: bool,
-}
-
-impl Net {
-    fn new(n: usize) -> Net {
-        let pid = std::process::id();
-        let tag = format!("kp{}", pid % 100_000);
-        let mut net = Net {
-            bridge: format!("{tag}br"),
-            subnet: format!("10.213.{}", pid % 250 + 1),
-            hosts: Vec::new(),
-            forward_rule: false,
-        };
-        run(&["ip", "link", "add", &net.bridge, "type", "bridge"]);
-        run(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{}.1/24", net.subnet),
-            "dev",
-            &net.bridge,
-        ]);
-        run(&["ip", "link", "set", &net.bridge, "up"]);
-        // Docker's FORWARD policy drops bridged traffic between the namespaces otherwise.
-        run(&[
-            "iptables",
-            "-I",
-            "FORWARD",
-            "-i",
-            &net.bridge,
-            "-o",
-            &net.bridge,
-            "-j",
-            "ACCEPT",
-        ]);
-        net.forward_rule = true;
-        for i in 0..n {
-            let ns = format!("{tag}n{i}");
-            let veth = format!("{tag}v{i}");
-            run(&["ip", "netns", "add", &ns]);
-            net.hosts.push(ns.clone());
-            run(&[
-                "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ]);
-            run(&["ip", "link", "set", &veth, "master", &net.bridge]);
-            run(&["ip", "link", "set", &veth, "up"]);
-            let ip = format!("{}/24", net.host_ip(i));
-            net.in_host(i, &["ip", "addr", "add", &ip, "dev", "eth0"]);
-            net.in_host(i, &["ip", "link", "set", "eth0", "up"]);
-            net.in_host(i, &["ip", "link", "set", "lo", "up"]);
-        }
-        net
-    }
-
-    /// The broker's address as the hosts reach it.
-    fn gateway(&self) -> String {
-        format!("{}.1", self.subnet)
-    }
-
-    fn host_ip(&self, i: usize) -> String {
-        format!("{}.{}", self.subnet, 10 + i)
-    }
-
-    fn api(&self, i: usize) -> String {
-        format!("{}:{API_PORT}", self.host_ip(i))
-    }
-
-    fn wrapper(&self, i: usize) -> [&str; 4] {
-        ["ip", "netns", "exec", &self.hosts[i]]
-    }
-
-    fn in_host(&self, i: usize, args: &[&str]) -> String {
-        let mut all = self.wrapper(i).to_vec();
-        all.extend_from_slice(args);
-        run(&all)
-    }
-
-    /// Cuts host `i` off from everything but the test's requests to its API.
-    fn cut(&self, i: usize) {
-        let port = API_PORT.to_string();
-        for rule in [
-            [
-                "-A", "INPUT", "-i", "eth0", "-p", "tcp", "--dport", &port, "-j", "ACCEPT",
-            ],
-            [
-                "-A", "OUTPUT", "-o", "eth0", "-p", "tcp", "--sport", &port, "-j", "ACCEPT",
-            ],
-        ] {
-            let mut args = vec!["iptables"];
-            args.extend_from_slice(&rule);
-            self.in_host(i, &args);
-        }
-        self.in_host(i, &["iptables", "-A", "INPUT", "-i", "eth0", "-j", "DROP"]);
-        self.in_host(i, &["iptables", "-A", "OUTPUT", "-o", "eth0", "-j", "DROP"]);
-    }
-
-    fn heal(&self, i: usize) {
-        self.in_host(i, &["iptables", "-F", "INPUT"]);
-        self.in_host(i, &["iptables", "-F", "OUTPUT"]);
-    }
-
-    /// The processes running in host `i`.
-    fn pids(&self, i: usize) -> Vec<u32> {
-        run(&["ip", "netns", "pids", &self.hosts[i]])
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
-    }
-
-    /// App processes (`sleep 600`) on each host.
-    fn app_processes(&self) -> Vec<usize> {
-        (0..self.hosts.len())
-            .map(|i| {
-                self.pids(i)
-                    .into_iter()
-                    .filter(|pid| {
-                        std::fs::read(format!("/proc/{pid}/cmdline"))
-                            .unwrap_or_default()
-                            .starts_with(b"sleep\x00600")
-                    })
-                    .count()
-            })
-            .collect()
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for i in 0..self.hosts.len() {
-            for pid in self.pids(i) {
-                try_run(&["kill", "-9", &pid.to_string()]);
-            }
-        }
-        for ns in &self.hosts {
-            try_run(&["ip", "netns", "del", ns]);
-        }
-        try_run(&["ip", "link", "del", &self.bridge]);
-        if self.forward_rule {
-            try_run(&[
-                "iptables",
-                "-D",
-                "FORWARD",
-                "-i",
-                &self.bridge,
-                "-o",
-                &self.bridge,
-                "-j",
-                "ACCEPT",
-            ]);
-        }
-    }
-}
-
-/// A broker user for the test hosts (`guest` only logs in over loopback), deleted on drop.
-struct BrokerUser {
-    name: String,
-    password: String,
-}
-
-impl BrokerUser {
-    fn add() -> BrokerUser {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let user = BrokerUser {
-            name: format!("kraken-partition-{}", &id[..8]),
-            password: id,
-        };
-        run(&["rabbitmqctl", "-q", "add_user", &user.name, &user.password]);
-        run(&[
-            "rabbitmqctl",
-            "-q",
-            "set_permissions",
-            "-p",
-            "/",
-            &user.name,
-            ".*",
-            ".*",
-            ".*",
-        ]);
-        user
-    }
-}
-
-impl Drop for BrokerUser {
-    fn drop(&mut self) {
-        try_run(&["rabbitmqctl", "-q", "delete_user", &self.name]);
-    }
-}
-
-/// Prints the end of every agent's log when the test fails.
-struct LogsOnFailure(std::path::PathBuf, usize);
-
-impl Drop for LogsOnFailure {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        for i in 0..self.1 {
-            let log = std::fs::read_to_string(self.0.join(format!("node-{i}/agent.log")))
-                .unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
-            eprintln!("--- node-{i}/agent.log (end)\n{tail}");
-        }
-    }
-}
 
 /// One `/health` answer of a node about itself.
 #[derive(Debug, Clone)]
@@ -370,6 +138,7 @@ fn a_primary_cut_off_past_its_broker_connection_never_accepts_again() {
 }
 
 fn partition(cut: Cut) {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let net = Net::new(3);
     let _logs = LogsOnFailure(dir.path().to_path_buf(), 3);

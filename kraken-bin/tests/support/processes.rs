@@ -32,7 +32,9 @@ pub fn command_via(wrapper: &[&str], config: &Path) -> Command {
         .env_remove("KRAKEN_ORCHESTRATOR")
         .env_remove("KRAKEN_DATA_DIR")
         .env_remove("KRAKEN_AMQP_URL")
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn")
+        // The broker deletes what a test's platform leaves, once unused for two minutes.
+        .env("KRAKEN_AMQP_QUEUE_EXPIRY_SECS", "120");
     cmd
 }
 
@@ -188,4 +190,11 @@ impl Drop for Worker {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Tests that start whole platforms hold this, so that a test binary runs one of them at a
+/// time: the failure detector's timings are part of what they check.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }

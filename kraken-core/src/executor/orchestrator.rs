@@ -883,17 +883,53 @@ async fn settle<M>(received: Received<M>) {
     }
 }
 
+/// How long a worker report waits for the standby's confirmation before it is acknowledged
+/// anyway (the standby is then being replaced, and changes are refused meanwhile).
+const DURABLE_WAIT: Duration = Duration::from_secs(5);
+
 /// Runs a consumer of one channel until shutdown. With a `gate`, takes messages only while
-/// it is true (a fenced orchestrator leaves them in the queue for the next one).
+/// it is true (a fenced orchestrator leaves them in the queue for the next one). With
+/// `durable`, a message is acknowledged only once the standby confirmed what handling it
+/// changed in that database: if this orchestrator dies first, the broker delivers it again
+/// to the next one, so no status change (and no history entry) is lost with it.
 fn consume<M: Message, F>(
     ctx: &NodeContext,
     mut sub: crate::transport::TypedSubscription<M>,
     mut gate: Option<tokio::sync::watch::Receiver<bool>>,
+    durable: Option<Arc<Database>>,
     mut handle: F,
 ) where
     F: FnMut(&Envelope<M>) + Send + 'static,
 {
     let stop = ctx.shutdown();
+    // Acknowledges in order once confirmed; bounded like the broker's prefetch. On
+    // shutdown, what is still waiting stays unacknowledged for the next orchestrator.
+    let acker = durable.map(|db| {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, Instant, Received<M>)>(64);
+        let (acker_db, acker_stop) = (Arc::clone(&db), ctx.shutdown());
+        ctx.spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    n = rx.recv() => n,
+                    () = acker_stop.cancelled() => None,
+                };
+                let Some((seq, deadline, received)) = next else {
+                    return;
+                };
+                let confirmed = tokio::select! {
+                    c = acker_db.replicated_to(seq, deadline) => c,
+                    () = acker_stop.cancelled() => return,
+                };
+                if !confirmed {
+                    tracing::debug!(
+                        "the standby did not confirm a report in time; acknowledging it"
+                    );
+                }
+                settle(received).await;
+            }
+        });
+        (db, tx)
+    });
     let kind = std::any::type_name::<M>()
         .rsplit("::")
         .next()
@@ -914,7 +950,16 @@ fn consume<M: Message, F>(
             let Some(received) = received else { return };
             handle(&received.envelope);
             handled.increment(1);
-            settle(received).await;
+            match &acker {
+                Some((db, tx)) => {
+                    let waiting = (db.seq(), Instant::now() + DURABLE_WAIT, received);
+                    if tx.send(waiting).await.is_err() {
+                        // Stopping: left unacknowledged, delivered again to the next one.
+                        return;
+                    }
+                }
+                None => settle(received).await,
+            }
         }
     });
 }
@@ -959,11 +1004,13 @@ impl Executor for OrchestrationExecutor {
         tracing::info!(node = %ctx.node, epoch = self.db.epoch(), "orchestrator starting");
 
         let gate = self.replication.as_ref().map(|_| self.db.watch_accepting());
+        let durable = self.replication.as_ref().map(|_| Arc::clone(&self.db));
         let db = Arc::clone(&self.db);
         consume(
             ctx,
             ctx.transport.listen(&wire::DEPLOYMENT).await?,
             gate.clone(),
+            durable.clone(),
             move |env| {
                 let outcome = db.apply_report(env.id, &env.body);
                 if matches!(outcome, ReportOutcome::Illegal) {
@@ -976,6 +1023,7 @@ impl Executor for OrchestrationExecutor {
             ctx,
             ctx.transport.listen(&wire::LOG).await?,
             gate,
+            durable,
             move |env| {
                 db.append_logs(env.id, &env.body);
             },
@@ -986,6 +1034,7 @@ impl Executor for OrchestrationExecutor {
         consume(
             ctx,
             ctx.transport.listen(&wire::SYSINFO).await?,
+            None,
             None,
             move |env| {
                 let report = &env.body;

@@ -203,13 +203,22 @@ impl Database {
     /// Waits until the standby confirmed every change made so far (at once when no
     /// standby must confirm), up to `timeout`.
     pub async fn replicated(&self, timeout: Duration) -> Result<(), StateError> {
-        let target = self.seq();
-        let mut rx = self.replicated.subscribe();
-        let done = rx.wait_for(|(confirmed, required)| !required || *confirmed >= target);
-        match tokio::time::timeout(timeout, done).await {
-            Ok(_) => Ok(()),
-            Err(_) => Err(StateError::NotReplicated(timeout)),
+        if self
+            .replicated_to(self.seq(), tokio::time::Instant::now() + timeout)
+            .await
+        {
+            Ok(())
+        } else {
+            Err(StateError::NotReplicated(timeout))
         }
+    }
+
+    /// Waits until the standby confirmed every change up to `seq` (see [`seq`](Self::seq);
+    /// at once when no standby must confirm), until `deadline`. True when it did.
+    pub async fn replicated_to(&self, seq: u64, deadline: tokio::time::Instant) -> bool {
+        let mut rx = self.replicated.subscribe();
+        let done = rx.wait_for(|(confirmed, required)| !required || *confirmed >= seq);
+        matches!(tokio::time::timeout_at(deadline, done).await, Ok(Ok(_)))
     }
 
     /// Replaces the whole state with a snapshot from the primary (a standby's database):

@@ -1,0 +1,141 @@
+//! Discovery on a LAN: agents on hosts of their own (network namespaces on one bridge, so
+//! multicast goes between them as on a switch). The first starts the platform on the
+//! machine's broker and advertises itself on mDNS (`_kraken._tcp`); the second is given
+//! nothing but the join secret: it finds the orchestrator with mDNS, joins it over HTTP
+//! (learning the broker from it) and gets work.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../kraken-core/tests/support/git.rs"]
+mod git;
+#[path = "support/http.rs"]
+mod http;
+#[path = "support/netns.rs"]
+mod netns;
+#[path = "support/processes.rs"]
+mod processes;
+
+use git::GitRepo;
+use http::http;
+use kraken_core::membership::JoinSecret;
+use netns::{BrokerUser, LogsOnFailure, Net};
+use processes::{Worker, one_at_a_time, wait_until};
+use serde_json::json;
+use std::time::Duration;
+
+#[test]
+#[ignore = "needs rabbitmq and root (network namespaces)"]
+fn an_agent_given_only_the_join_secret_finds_the_orchestrator_with_mdns_and_joins() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::new(2);
+    let _logs = LogsOnFailure(dir.path().to_path_buf(), 2);
+    let user = BrokerUser::add();
+    let secret = JoinSecret::generate().unwrap();
+    let token = secret.derive("api-token");
+    let prefix = format!("kraken-test-{}", uuid::Uuid::new_v4().simple());
+    let amqp = format!(
+        "amqp://{}:{}@{}:5672/%2f",
+        user.name,
+        user.password,
+        net.gateway()
+    );
+    let log_of = |i: usize| {
+        std::fs::read_to_string(dir.path().join(format!("node-{i}")).join("agent.log"))
+            .unwrap_or_default()
+    };
+
+    let (api0, ip0) = (net.api(0), net.host_ip(0));
+    let first = Worker::start_via(
+        &net.wrapper(0),
+        &dir.path().join("node-0"),
+        &[
+            "--runtime",
+            "process",
+            "--amqp",
+            &amqp,
+            "--amqp-prefix",
+            &prefix,
+            "--api-addr",
+            &api0,
+            "--address",
+            &ip0,
+            "--join-secret",
+            &secret.as_text(),
+        ],
+    );
+    wait_until(Duration::from_secs(60), "the first node leads", || {
+        http(&api0, "GET", &format!("/health/{}", first.id), None, None)
+            .is_some_and(|(_, h)| h["accepting"] == true)
+    });
+
+    // No broker, no address: only the secret. The one address given answers nothing (a
+    // closed port of the first host), so that, should mDNS fail, the agent gives up
+    // instead of starting a platform of its own.
+    let (api1, ip1) = (net.api(1), net.host_ip(1));
+    let nowhere = format!("{ip0}:1");
+    let second = Worker::start_via(
+        &net.wrapper(1),
+        &dir.path().join("node-1"),
+        &[
+            "--runtime",
+            "process",
+            "--orchestrator",
+            &nowhere,
+            "--amqp-prefix",
+            &prefix,
+            "--api-addr",
+            &api1,
+            "--address",
+            &ip1,
+            "--join-secret",
+            &secret.as_text(),
+        ],
+    );
+    wait_until(Duration::from_secs(60), "the second node is listed", || {
+        http(
+            &api0,
+            "POST",
+            "/graphql",
+            Some(&json!({ "query": "{ getNodes { id } }" })),
+            Some(&token),
+        )
+        .is_some_and(|(_, v)| v.to_string().contains(&second.id))
+    });
+    let log = log_of(1);
+    assert!(
+        log.contains(&format!("found the orchestrator at {api0} (Mdns)")),
+        "{log}"
+    );
+    assert!(
+        !log.contains("starts the platform"),
+        "the second node started a platform: {log}"
+    );
+
+    // It takes work like any node: two apps, one on each host (least-loaded placement).
+    let repo = GitRepo::with_manifest(
+        "[app]\nname = \"lan\"\n\n[config]\nport = 9300\nlang = \"python\"\nrun = \"exec sleep 600\"\n",
+    );
+    for _ in 0..2 {
+        let (_, v) = http(
+            &api0,
+            "POST",
+            "/graphql",
+            Some(&json!({ "query": format!(
+                "mutation {{ createDeployment(deploymentUrl: \"{}\", gitBranch: \"main\") }}",
+                repo.url()
+            ) })),
+            Some(&token),
+        )
+        .unwrap();
+        assert!(v["data"]["createDeployment"].is_string(), "{v}");
+    }
+    wait_until(
+        Duration::from_secs(120),
+        "one app Running on each host",
+        || {
+            let running = net.app_processes();
+            running == vec![1, 1]
+        },
+    );
+    drop((first, second));
+}
