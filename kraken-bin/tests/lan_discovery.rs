@@ -16,9 +16,8 @@ mod processes;
 
 use git::GitRepo;
 use http::http;
-use kraken_core::membership::JoinSecret;
-use netns::{BrokerUser, LogsOnFailure, Net};
-use processes::{Worker, one_at_a_time, wait_until};
+use netns::Lan;
+use processes::{one_at_a_time, wait_until};
 use serde_json::json;
 use std::time::Duration;
 
@@ -26,43 +25,10 @@ use std::time::Duration;
 #[ignore = "needs rabbitmq and root (network namespaces)"]
 fn an_agent_given_only_the_join_secret_finds_the_orchestrator_with_mdns_and_joins() {
     let _one = one_at_a_time();
-    let dir = tempfile::tempdir().unwrap();
-    let net = Net::new(2);
-    let _logs = LogsOnFailure(dir.path().to_path_buf(), 2);
-    let user = BrokerUser::add();
-    let secret = JoinSecret::generate().unwrap();
-    let token = secret.derive("api-token");
-    let prefix = format!("kraken-test-{}", uuid::Uuid::new_v4().simple());
-    let amqp = format!(
-        "amqp://{}:{}@{}:5672/%2f",
-        user.name,
-        user.password,
-        net.gateway()
-    );
-    let log_of = |i: usize| {
-        std::fs::read_to_string(dir.path().join(format!("node-{i}")).join("agent.log"))
-            .unwrap_or_default()
-    };
-
+    let lan = Lan::new(2);
+    let (net, token) = (&lan.net, &lan.token);
     let (api0, ip0) = (net.api(0), net.host_ip(0));
-    let first = Worker::start_via(
-        &net.wrapper(0),
-        &dir.path().join("node-0"),
-        &[
-            "--runtime",
-            "process",
-            "--amqp",
-            &amqp,
-            "--amqp-prefix",
-            &prefix,
-            "--api-addr",
-            &api0,
-            "--address",
-            &ip0,
-            "--join-secret",
-            &secret.as_text(),
-        ],
-    );
+    let first = lan.start(0, &["--amqp", &lan.amqp]);
     wait_until(Duration::from_secs(60), "the first node leads", || {
         http(&api0, "GET", &format!("/health/{}", first.id), None, None)
             .is_some_and(|(_, h)| h["accepting"] == true)
@@ -71,37 +37,19 @@ fn an_agent_given_only_the_join_secret_finds_the_orchestrator_with_mdns_and_join
     // No broker, no address: only the secret. The one address given answers nothing (a
     // closed port of the first host), so that, should mDNS fail, the agent gives up
     // instead of starting a platform of its own.
-    let (api1, ip1) = (net.api(1), net.host_ip(1));
     let nowhere = format!("{ip0}:1");
-    let second = Worker::start_via(
-        &net.wrapper(1),
-        &dir.path().join("node-1"),
-        &[
-            "--runtime",
-            "process",
-            "--orchestrator",
-            &nowhere,
-            "--amqp-prefix",
-            &prefix,
-            "--api-addr",
-            &api1,
-            "--address",
-            &ip1,
-            "--join-secret",
-            &secret.as_text(),
-        ],
-    );
+    let second = lan.start(1, &["--orchestrator", &nowhere]);
     wait_until(Duration::from_secs(60), "the second node is listed", || {
         http(
             &api0,
             "POST",
             "/graphql",
             Some(&json!({ "query": "{ getNodes { id } }" })),
-            Some(&token),
+            Some(token),
         )
         .is_some_and(|(_, v)| v.to_string().contains(&second.id))
     });
-    let log = log_of(1);
+    let log = lan.log_of(1);
     assert!(
         log.contains(&format!("found the orchestrator at {api0} (Mdns)")),
         "{log}"
@@ -124,7 +72,7 @@ fn an_agent_given_only_the_join_secret_finds_the_orchestrator_with_mdns_and_join
                 "mutation {{ createDeployment(deploymentUrl: \"{}\", gitBranch: \"main\") }}",
                 repo.url()
             ) })),
-            Some(&token),
+            Some(token),
         )
         .unwrap();
         assert!(v["data"]["createDeployment"].is_string(), "{v}");

@@ -21,8 +21,7 @@ mod processes;
 
 use git::GitRepo;
 use http::{http, request};
-use kraken_core::membership::JoinSecret;
-use netns::{BrokerUser, LogsOnFailure, Net};
+use netns::Lan;
 use processes::{Worker, one_at_a_time, wait_until};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -139,45 +138,10 @@ fn a_primary_cut_off_past_its_broker_connection_never_accepts_again() {
 
 fn partition(cut: Cut) {
     let _one = one_at_a_time();
-    let dir = tempfile::tempdir().unwrap();
-    let net = Net::new(3);
-    let _logs = LogsOnFailure(dir.path().to_path_buf(), 3);
-    let user = BrokerUser::add();
-    let secret = JoinSecret::generate().unwrap();
-    let token = secret.derive("api-token");
-    let prefix = format!("kraken-test-{}", uuid::Uuid::new_v4().simple());
-    let amqp = format!(
-        "amqp://{}:{}@{}:5672/%2f",
-        user.name,
-        user.password,
-        net.gateway()
-    );
-    let start_node = |i: usize| {
-        let (api, address) = (net.api(i), net.host_ip(i));
-        Worker::start_via(
-            &net.wrapper(i),
-            &dir.path().join(format!("node-{i}")),
-            &[
-                "--runtime",
-                "process",
-                "--amqp",
-                &amqp,
-                "--amqp-prefix",
-                &prefix,
-                "--api-addr",
-                &api,
-                "--address",
-                &address,
-                "--join-secret",
-                &secret.as_text(),
-                "--no-mdns",
-            ],
-        )
-    };
-    let log_of = |i: usize| {
-        std::fs::read_to_string(dir.path().join(format!("node-{i}")).join("agent.log"))
-            .unwrap_or_default()
-    };
+    let lan = Lan::new(3);
+    let (net, token) = (&lan.net, &lan.token);
+    let start_node = |i: usize| lan.start(i, &["--amqp", &lan.amqp, "--no-mdns"]);
+    let log_of = |i: usize| lan.log_of(i);
 
     // Node 0 starts the platform; 1 and 2 join; one of them becomes the standby.
     let mut nodes = vec![start_node(0)];
@@ -189,7 +153,7 @@ fn partition(cut: Cut) {
     nodes.push(start_node(2));
     let id = ids(&nodes);
     let candidates = || {
-        graphql(&net.api(0), &token, "{ getPlatform { candidates } }")["data"]["getPlatform"]
+        graphql(&net.api(0), token, "{ getPlatform { candidates } }")["data"]["getPlatform"]
             ["candidates"]
             .as_array()
             .map(|a| {
@@ -215,11 +179,11 @@ fn partition(cut: Cut) {
         })
         .collect();
     for repo in &repos {
-        let v = create(&net.api(0), &token, repo);
+        let v = create(&net.api(0), token, repo);
         assert!(v["data"]["createDeployment"].is_string(), "{v}");
     }
     wait_until(Duration::from_secs(120), "3 Running", || {
-        let all = deployments(&net.api(0), &token);
+        let all = deployments(&net.api(0), token);
         all.len() == 3 && all.iter().all(|d| d["status"] == "Running")
     });
 
@@ -240,12 +204,12 @@ fn partition(cut: Cut) {
     let took_over = start.elapsed() - cut_at;
 
     // On either side: the old primary refuses a change, the new one takes it.
-    let refused = create(&net.api(0), &token, &repos[0]);
+    let refused = create(&net.api(0), token, &repos[0]);
     assert!(
         refused["data"].is_null() && refused["errors"].to_string().contains("NOT_LEADER"),
         "the cut-off primary took a change: {refused}"
     );
-    let taken = create(&net.api(standby), &token, &repos[1]);
+    let taken = create(&net.api(standby), token, &repos[1]);
     let fourth = taken["data"]["createDeployment"]
         .as_str()
         .unwrap_or_else(|| panic!("the new primary refused a change: {taken}"))
@@ -255,7 +219,7 @@ fn partition(cut: Cut) {
         Duration::from_secs(120),
         "4 Running, none on the cut-off node",
         || {
-            let all = deployments(&net.api(standby), &token);
+            let all = deployments(&net.api(standby), token);
             all.len() == 4
                 && all
                     .iter()
@@ -388,7 +352,7 @@ fn partition(cut: Cut) {
         samples.len()
     );
     assert!(
-        deployments(&net.api(standby), &token)
+        deployments(&net.api(standby), token)
             .iter()
             .any(|d| d["id"] == fourth.as_str())
     );

@@ -243,3 +243,74 @@ impl Drop for LogsOnFailure {
         }
     }
 }
+
+/// A platform's test LAN: `n` hosts, a broker user for them, a join secret, a queue prefix
+/// and a data dir per node (`<dir>/node-<i>`). Dropped in this order: logs printed on
+/// failure, hosts (and what runs there) removed, broker user deleted, files removed.
+pub struct Lan {
+    logs: LogsOnFailure,
+    pub net: Net,
+    pub user: BrokerUser,
+    pub secret: kraken_core::membership::JoinSecret,
+    /// The API token, derived from the join secret.
+    pub token: String,
+    pub prefix: String,
+    /// The broker as the hosts reach it, with the test user's credentials.
+    pub amqp: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Lan {
+    pub fn new(n: usize) -> Lan {
+        let dir = tempfile::tempdir().unwrap();
+        let net = Net::new(n);
+        let user = BrokerUser::add();
+        let secret = kraken_core::membership::JoinSecret::generate().unwrap();
+        let amqp = format!(
+            "amqp://{}:{}@{}:5672/%2f",
+            user.name,
+            user.password,
+            net.gateway()
+        );
+        Lan {
+            logs: LogsOnFailure(dir.path().to_path_buf(), n),
+            token: secret.derive("api-token"),
+            prefix: format!("kraken-test-{}", uuid::Uuid::new_v4().simple()),
+            net,
+            user,
+            secret,
+            amqp,
+            dir,
+        }
+    }
+
+    /// `kraken agent` on host `i` (process runtime, its API on the host's port
+    /// [`API_PORT`], the platform's prefix and join secret) with `args`.
+    pub fn start(&self, i: usize, args: &[&str]) -> super::processes::Worker {
+        let (api, address, secret) = (self.net.api(i), self.net.host_ip(i), self.secret.as_text());
+        let mut all = vec![
+            "--runtime",
+            "process",
+            "--amqp-prefix",
+            &self.prefix,
+            "--api-addr",
+            &api,
+            "--address",
+            &address,
+            "--join-secret",
+            &secret,
+        ];
+        all.extend_from_slice(args);
+        super::processes::Worker::start_via(
+            &self.net.wrapper(i),
+            &self.dir.path().join(format!("node-{i}")),
+            &all,
+        )
+    }
+
+    /// What the agent on host `i` printed and logged so far.
+    pub fn log_of(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node-{i}/agent.log")))
+            .unwrap_or_default()
+    }
+}
