@@ -241,6 +241,11 @@ pub struct DeploymentMessage {
     pub instance: Option<InstanceId>,
     /// Resource use sample.
     pub stats: Option<InstanceStats>,
+    /// The statuses this node reported before `status` for this generation, oldest first,
+    /// with when it reached them (a few at most). An orchestrator that missed one of those
+    /// reports (it went to an orchestrator that died) records the step from here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<(DeploymentStatus, Timestamp)>,
 }
 impl Message for DeploymentMessage {}
 

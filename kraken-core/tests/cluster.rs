@@ -279,6 +279,7 @@ async fn delivering_the_same_message_twice_changes_nothing() {
             url: None,
             instance: None,
             stats: None,
+            earlier: Vec::new(),
         },
     );
     transport.send(&wire::DEPLOYMENT, &report).await.unwrap();

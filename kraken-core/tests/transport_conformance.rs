@@ -337,6 +337,7 @@ fn deployment_message() -> DeploymentMessage {
         url: Some("http://10.0.0.7:8080".to_owned()),
         instance: None,
         stats: None,
+        earlier: Vec::new(),
     }
 }
 

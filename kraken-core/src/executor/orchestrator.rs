@@ -441,6 +441,10 @@ impl OrchestrationExecutor {
         let is_alive = |n: &Option<NodeId>| n.as_ref().is_some_and(|n| live.contains(n));
         let is_draining = |n: &Option<NodeId>| n.as_ref().is_some_and(|n| draining.contains(n));
 
+        // Work orders are sent after the pass, once the standby has the placements that
+        // explain them: a worker's reports then always match the state a new primary takes
+        // over with (a report for a placement it never heard of would be dropped as stale).
+        let mut orders: Vec<((NodeId, u64), DeploymentOrder)> = Vec::new();
         for d in &deployments {
             match d.status.kind() {
                 StatusKind::DeploymentRequested => {
@@ -512,20 +516,7 @@ impl OrchestrationExecutor {
                         commit,
                         manifest,
                     };
-                    if self
-                        .send(
-                            ctx,
-                            &node,
-                            WorkRequestMessage::RequestDeployment(Box::new(order)),
-                        )
-                        .await
-                    {
-                        self.db.note(
-                            &d.id,
-                            format!("placed on {node} (generation {})", current.generation),
-                        );
-                        self.delegated.insert(d.id.clone(), key);
-                    }
+                    orders.push((key, order));
                 }
                 StatusKind::BuildingDeployment | StatusKind::Deploying | StatusKind::Running => {
                     if !is_alive(&d.node) {
@@ -569,6 +560,30 @@ impl OrchestrationExecutor {
                         // Nothing to move; a redeploy places it on another node.
                         self.db.update(&d.id, |d| d.node = None);
                     }
+                }
+            }
+        }
+        if !orders.is_empty() {
+            if let Err(err) = self.db.replicated(DURABLE_WAIT).await {
+                tracing::debug!(cause = %err, "placements not confirmed by the standby");
+            }
+            if !self.db.accepting() {
+                // Fenced meanwhile: the orders wait for the next pass (or the next primary).
+                orders.clear();
+            }
+            for ((node, generation), order) in orders {
+                let id = order.deployment.clone();
+                if self
+                    .send(
+                        ctx,
+                        &node,
+                        WorkRequestMessage::RequestDeployment(Box::new(order)),
+                    )
+                    .await
+                {
+                    self.db
+                        .note(&id, format!("placed on {node} (generation {generation})"));
+                    self.delegated.insert(id, (node, generation));
                 }
             }
         }

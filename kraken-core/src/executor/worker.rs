@@ -12,7 +12,7 @@
 
 use super::probe::{SysinfoProbe, SystemProbe};
 use super::{ExecutionFailure, Executor, NodeContext, SetupFailure};
-use crate::model::{DeploymentId, DeploymentStatus, InstanceId, LogLine, LogStream};
+use crate::model::{DeploymentId, DeploymentStatus, InstanceId, LogLine, LogStream, Timestamp};
 use crate::runtime::{Artifact, BuildRequest, InstanceInfo, InstanceState, LogFollow, StartSpec};
 use crate::source::{Fetcher, Git};
 use crate::transport::{Received, TransportExt};
@@ -99,12 +99,20 @@ struct InProgress {
 #[derive(Default)]
 struct Shared {
     instances: HashMap<DeploymentId, Tracked>,
+    /// The statuses reported for each deployment's newest generation here, with when,
+    /// sent along with every later report (see [`DeploymentMessage::earlier`]).
+    reported: HashMap<DeploymentId, (u64, Vec<(DeploymentStatus, Timestamp)>)>,
     in_progress: HashMap<DeploymentId, InProgress>,
     seen: HashSet<wire::MessageId>,
     seen_order: VecDeque<wire::MessageId>,
 }
 
 const SEEN_CAPACITY: usize = 8_192;
+
+/// Statuses remembered per deployment for [`DeploymentMessage::earlier`].
+const MAX_REPORTED: usize = 8;
+/// Deployments remembered so, beyond which only those this node runs or builds are kept.
+const MAX_REPORTED_DEPLOYMENTS: usize = 4_096;
 
 impl Shared {
     fn first_delivery(&mut self, id: wire::MessageId) -> bool {
@@ -179,6 +187,40 @@ impl Worker {
         status: DeploymentStatus,
         tracked: Option<(&InstanceInfo, Option<&str>)>,
     ) {
+        let earlier = {
+            let mut shared = lock(&self.shared);
+            let terminal = matches!(status, DeploymentStatus::Destroyed);
+            let entry = shared
+                .reported
+                .entry(deployment.clone())
+                .or_insert_with(|| (generation, Vec::new()));
+            if entry.0 != generation {
+                *entry = (generation, Vec::new());
+            }
+            let earlier: Vec<_> = entry
+                .1
+                .iter()
+                .filter(|(s, _)| *s != status)
+                .cloned()
+                .collect();
+            if !entry.1.iter().any(|(s, _)| *s == status) && entry.1.len() < MAX_REPORTED {
+                entry.1.push((status.clone(), Timestamp::now()));
+            }
+            if terminal {
+                shared.reported.remove(deployment);
+            }
+            if shared.reported.len() > MAX_REPORTED_DEPLOYMENTS {
+                // Bounded: forget the deployments this node no longer runs or builds.
+                let Shared {
+                    reported,
+                    instances,
+                    in_progress,
+                    ..
+                } = &mut *shared;
+                reported.retain(|id, _| instances.contains_key(id) || in_progress.contains_key(id));
+            }
+            earlier
+        };
         let msg = DeploymentMessage {
             deployment: deployment.clone(),
             generation,
@@ -188,6 +230,7 @@ impl Worker {
             url: tracked.and_then(|(_, u)| u.map(str::to_owned)),
             instance: tracked.map(|(i, _)| i.id.clone()),
             stats: None,
+            earlier,
         };
         self.send_report(msg).await;
     }
@@ -817,6 +860,7 @@ impl Executor for WorkerExecutor {
                         url,
                         instance: Some(info.id.clone()),
                         stats: Some(stats),
+                        earlier: Vec::new(),
                     };
                     if let Err(err) = ctx
                         .transport

@@ -605,13 +605,35 @@ impl Database {
         }
         let outcome = if d.status == report.status {
             ReportOutcome::Updated
-        } else if d
-            .transition(report.status.clone(), Timestamp::now())
-            .is_ok()
-        {
-            ReportOutcome::Transitioned
         } else {
-            return ReportOutcome::Illegal;
+            // The steps the report lists after the status known here were reported to an
+            // orchestrator that died before this one had them: recorded first, at the
+            // times the worker reached them (never before the newest entry).
+            let mut next = d.clone();
+            let missed: &[(DeploymentStatus, Timestamp)] =
+                match report.earlier.iter().position(|(s, _)| *s == next.status) {
+                    Some(i) => &report.earlier[i + 1..],
+                    None if next.status.kind()
+                        == crate::model::StatusKind::DelegatingDeployment =>
+                    {
+                        &report.earlier
+                    }
+                    None => &[],
+                };
+            for (step, at) in missed {
+                let newest = next.history.last().map_or(*at, |h| h.at);
+                if next.status.can_transition_to(step) {
+                    let _ = next.transition(step.clone(), (*at).max(newest));
+                }
+            }
+            if next
+                .transition(report.status.clone(), Timestamp::now())
+                .is_err()
+            {
+                return ReportOutcome::Illegal;
+            }
+            *d = next;
+            ReportOutcome::Transitioned
         };
         if report.port.is_some() {
             d.port = report.port;
@@ -839,6 +861,7 @@ mod tests {
             url: None,
             instance: None,
             stats: None,
+            earlier: Vec::new(),
         }
     }
 
@@ -853,6 +876,86 @@ mod tests {
         }
         db.update(&d.id, |d| d.node = Some(node.clone()));
         db.deployment(&d.id).unwrap()
+    }
+
+    #[test]
+    fn steps_missed_with_a_previous_orchestrator_are_recorded_from_a_later_report() {
+        let db = Database::in_memory(StateConfig::default());
+        let node = NodeId::random();
+        let d = placed(&db, &node);
+        let kinds = |db: &Database| -> Vec<StatusKind> {
+            db.deployment(&d.id)
+                .unwrap()
+                .history
+                .iter()
+                .map(|h| h.status.kind())
+                .collect()
+        };
+        let (t1, t2) = (Timestamp::now(), Timestamp(Timestamp::now().0 + 5));
+        let steps = vec![
+            (DeploymentStatus::BuildingDeployment, t1),
+            (DeploymentStatus::Deploying, t2),
+        ];
+        // Placed here, Building and Deploying went to an orchestrator that died.
+        let mut running = report(&d, &node, DeploymentStatus::Running);
+        running.earlier = steps.clone();
+        assert_eq!(
+            db.apply_report(MessageId::random(), &running),
+            ReportOutcome::Transitioned
+        );
+        let after = db.deployment(&d.id).unwrap();
+        assert_eq!(
+            kinds(&db)[kinds(&db).len() - 4..],
+            [
+                StatusKind::DelegatingDeployment,
+                StatusKind::BuildingDeployment,
+                StatusKind::Deploying,
+                StatusKind::Running
+            ]
+        );
+        assert_eq!(
+            after.history[after.history.len() - 2].at,
+            t2.max(after.history[after.history.len() - 3].at)
+        );
+        // The same report again, or a late one of a step already recorded: nothing added.
+        let len = kinds(&db).len();
+        assert_eq!(
+            db.apply_report(MessageId::random(), &running),
+            ReportOutcome::Updated
+        );
+        let mut late = report(&d, &node, DeploymentStatus::Deploying);
+        late.earlier = steps[..1].to_vec();
+        assert_eq!(
+            db.apply_report(MessageId::random(), &late),
+            ReportOutcome::Illegal
+        );
+        assert_eq!(kinds(&db).len(), len);
+
+        // Known up to Building: only what came after it is added.
+        let e = placed(&db, &node);
+        db.transition(&e.id, DeploymentStatus::BuildingDeployment)
+            .unwrap();
+        let mut running = report(&e, &node, DeploymentStatus::Running);
+        running.earlier = steps;
+        assert_eq!(
+            db.apply_report(MessageId::random(), &running),
+            ReportOutcome::Transitioned
+        );
+        let history: Vec<StatusKind> = db
+            .deployment(&e.id)
+            .unwrap()
+            .history
+            .iter()
+            .map(|h| h.status.kind())
+            .collect();
+        assert_eq!(
+            history[history.len() - 3..],
+            [
+                StatusKind::BuildingDeployment,
+                StatusKind::Deploying,
+                StatusKind::Running
+            ]
+        );
     }
 
     #[test]
