@@ -342,7 +342,7 @@ fn partition(cut: Cut) {
         "the old primary accepted again after the heal"
     );
     println!(
-        "figures ({cut:?}): partition → old primary refuses changes {:?}; → new primary (epoch {} → {}) accepting {:?} ({:?} with nobody accepting); heal → old primary demoted {:?}; {} health samples",
+        "figures ({cut:?}): cut → old primary last seen accepting {:?}; → new primary (epoch {} → {}) accepting {:?} ({:?} with nobody accepting); heal → old primary demoted {:?}; {} health samples",
         old.2.saturating_sub(cut_at),
         old.3,
         new.3,
