@@ -15,10 +15,9 @@ mod netns;
 mod processes;
 
 use git::GitRepo;
-use http::http;
+use http::{create_deployment, graphql, http};
 use netns::Lan;
-use processes::{one_at_a_time, wait_until};
-use serde_json::json;
+use processes::{one_at_a_time, sleeper_manifest, wait_until};
 use std::time::Duration;
 
 #[test]
@@ -40,14 +39,9 @@ fn an_agent_given_only_the_join_secret_finds_the_orchestrator_with_mdns_and_join
     let nowhere = format!("{ip0}:1");
     let second = lan.start(1, &["--orchestrator", &nowhere]);
     wait_until(Duration::from_secs(60), "the second node is listed", || {
-        http(
-            &api0,
-            "POST",
-            "/graphql",
-            Some(&json!({ "query": "{ getNodes { id } }" })),
-            Some(token),
-        )
-        .is_some_and(|(_, v)| v.to_string().contains(&second.id))
+        graphql(&api0, Some(token), "{ getNodes { id } }")
+            .to_string()
+            .contains(&second.id)
     });
     let log = lan.log_of(1);
     assert!(
@@ -60,21 +54,9 @@ fn an_agent_given_only_the_join_secret_finds_the_orchestrator_with_mdns_and_join
     );
 
     // It takes work like any node: two apps, one on each host (least-loaded placement).
-    let repo = GitRepo::with_manifest(
-        "[app]\nname = \"lan\"\n\n[config]\nport = 9300\nlang = \"python\"\nrun = \"exec sleep 600\"\n",
-    );
+    let repo = GitRepo::with_manifest(&sleeper_manifest("lan", ""));
     for _ in 0..2 {
-        let (_, v) = http(
-            &api0,
-            "POST",
-            "/graphql",
-            Some(&json!({ "query": format!(
-                "mutation {{ createDeployment(deploymentUrl: \"{}\", gitBranch: \"main\") }}",
-                repo.url()
-            ) })),
-            Some(token),
-        )
-        .unwrap();
+        let v = graphql(&api0, Some(token), &create_deployment(&repo.url()));
         assert!(v["data"]["createDeployment"].is_string(), "{v}");
     }
     wait_until(

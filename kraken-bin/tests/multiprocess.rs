@@ -5,11 +5,13 @@
 
 #[path = "../../kraken-core/tests/support/git.rs"]
 mod git;
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/processes.rs"]
 mod processes;
 
 use git::GitRepo;
-use processes::{Orchestrator, Worker, wait_until};
+use processes::{Orchestrator, Worker, sleeper_manifest, wait_until};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -64,26 +66,12 @@ fn platform(dir: &std::path::Path) -> (Orchestrator, Vec<Worker>) {
 }
 
 fn app(name: &str, extra: &str) -> GitRepo {
-    GitRepo::with_manifest(&format!(
-        "[app]\nname = \"{name}\"\n\n[config]\nport = 9300\nlang = \"python\"\nrun = \"exec sleep 600\"\n{extra}"
-    ))
+    GitRepo::with_manifest(&sleeper_manifest(name, extra))
 }
 
 /// A GraphQL query over plain HTTP (queries need no token by default).
 fn graphql(addr: &str, query: &str) -> Value {
-    use std::io::{Read, Write};
-    let body = serde_json::json!({ "query": query }).to_string();
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "POST /graphql HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (_, json) = response.split_once("\r\n\r\n").unwrap();
-    serde_json::from_str(json).unwrap()
+    http::graphql(addr, None, query)
 }
 
 fn deploy(orchestrator: &Orchestrator, url: &str) -> String {

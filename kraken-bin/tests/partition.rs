@@ -20,10 +20,10 @@ mod netns;
 mod processes;
 
 use git::GitRepo;
-use http::{http, request};
+use http::{create_deployment, http, request};
 use netns::Lan;
-use processes::{Worker, one_at_a_time, wait_until};
-use serde_json::{Value, json};
+use processes::{Worker, one_at_a_time, sleeper_manifest, wait_until};
+use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -81,14 +81,7 @@ fn sampler(
 }
 
 fn graphql(api: &str, token: &str, query: &str) -> Value {
-    http(
-        api,
-        "POST",
-        "/graphql",
-        Some(&json!({ "query": query })),
-        Some(token),
-    )
-    .map_or(Value::Null, |(_, v)| v)
+    http::graphql(api, Some(token), query)
 }
 
 fn deployments(api: &str, token: &str) -> Vec<Value> {
@@ -99,14 +92,7 @@ fn deployments(api: &str, token: &str) -> Vec<Value> {
 }
 
 fn create(api: &str, token: &str, repo: &GitRepo) -> Value {
-    graphql(
-        api,
-        token,
-        &format!(
-            "mutation {{ createDeployment(deploymentUrl: \"{}\", gitBranch: \"main\") }}",
-            repo.url()
-        ),
-    )
+    graphql(api, token, &create_deployment(&repo.url()))
 }
 
 fn accepting(api: &str, id: &str) -> bool {
@@ -172,11 +158,7 @@ fn partition(cut: Cut) {
 
     // Three apps, on every node.
     let repos: Vec<GitRepo> = (0..3)
-        .map(|i| {
-            GitRepo::with_manifest(&format!(
-                "[app]\nname = \"part-{i}\"\n\n[config]\nport = 9300\nlang = \"python\"\nrun = \"exec sleep 600\"\n"
-            ))
-        })
+        .map(|i| GitRepo::with_manifest(&sleeper_manifest(&format!("part-{i}"), "")))
         .collect();
     for repo in &repos {
         let v = create(&net.api(0), token, repo);

@@ -12,10 +12,10 @@ mod http;
 mod processes;
 
 use git::GitRepo;
-use http::http;
+use http::{create_deployment, http};
 use kraken_core::membership::JoinSecret;
-use processes::{Worker, one_at_a_time, wait_until};
-use serde_json::{Value, json};
+use processes::{Worker, free_port, is_app_process, one_at_a_time, sleeper_manifest, wait_until};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -53,14 +53,6 @@ impl Node {
     fn accepting(&self) -> bool {
         self.health().is_some_and(|h| h["accepting"] == true)
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Platform {
@@ -102,19 +94,11 @@ impl Platform {
     fn primary(&self) -> Option<usize> {
         self.nodes
             .iter()
-            .position(|n| n.worker.child_alive() && n.is_primary())
+            .position(|n| n.worker.alive() && n.is_primary())
     }
 
     fn graphql(&self, node: usize, query: &str) -> Value {
-        let (_, v) = http(
-            &self.nodes[node].api,
-            "POST",
-            "/graphql",
-            Some(&json!({ "query": query })),
-            Some(&self.token),
-        )
-        .unwrap_or((0, Value::Null));
-        v
+        http::graphql(&self.nodes[node].api, Some(&self.token), query)
     }
 
     fn candidates(&self, node: usize) -> Vec<String> {
@@ -169,21 +153,8 @@ impl Platform {
     }
 }
 
-trait Alive {
-    fn child_alive(&self) -> bool;
-}
-
-impl Alive for Worker {
-    fn child_alive(&self) -> bool {
-        // A killed child is reaped by `kill`; its id stays, so probe /proc.
-        Path::new(&format!("/proc/{}", self.child.id())).exists()
-    }
-}
-
 fn app(name: &str) -> GitRepo {
-    GitRepo::with_manifest(&format!(
-        "[app]\nname = \"{name}\"\n\n[config]\nport = 9300\nlang = \"python\"\nrun = \"exec sleep 600\"\n"
-    ))
+    GitRepo::with_manifest(&sleeper_manifest(name, ""))
 }
 
 /// App processes (`sleep 600`) whose working directory is under `dir`.
@@ -193,15 +164,8 @@ fn app_processes(dir: &Path) -> usize {
         .unwrap()
         .filter_map(Result::ok)
         .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .chars()
-                .all(|c| c.is_ascii_digit())
-        })
-        .filter(|e| {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
-            cmd.starts_with(b"sleep\x00600") && cwd.starts_with(&dir)
+            is_app_process(&e.file_name().to_string_lossy()) && cwd.starts_with(&dir)
         })
         .count()
 }
@@ -216,13 +180,7 @@ fn sigkill_of_the_orchestrator_with_50_deployments_in_flight() {
     let repos: Vec<GitRepo> = (0..5).map(|i| app(&format!("roll-{i}"))).collect();
     let mut ids = Vec::new();
     for i in 0..50 {
-        let v = p.graphql(
-            0,
-            &format!(
-                "mutation {{ createDeployment(deploymentUrl: \"{}\", gitBranch: \"main\") }}",
-                repos[i % 5].url()
-            ),
-        );
+        let v = p.graphql(0, &create_deployment(&repos[i % 5].url()));
         ids.push(
             v["data"]["createDeployment"]
                 .as_str()
@@ -339,13 +297,7 @@ fn sigkill_of_the_orchestrator_with_50_deployments_in_flight() {
         assert_eq!(kinds.last(), Some(&"Running"), "{d}");
     }
     // The new orchestrator accepts work.
-    let v = p.graphql(
-        standby,
-        &format!(
-            "mutation {{ createDeployment(deploymentUrl: \"{}\", gitBranch: \"main\") }}",
-            repos[0].url()
-        ),
-    );
+    let v = p.graphql(standby, &create_deployment(&repos[0].url()));
     assert!(v["data"]["createDeployment"].is_string(), "{v}");
 }
 
@@ -357,13 +309,7 @@ fn after_the_standby_dies_a_new_one_is_chosen_and_survives_the_primary() {
     let mut p = Platform::with_nodes(dir.path(), 4);
     let repo = app("survivor");
     for _ in 0..6 {
-        let v = p.graphql(
-            0,
-            &format!(
-                "mutation {{ createDeployment(deploymentUrl: \"{}\", gitBranch: \"main\") }}",
-                repo.url()
-            ),
-        );
+        let v = p.graphql(0, &create_deployment(&repo.url()));
         assert!(v["data"]["createDeployment"].is_string(), "{v}");
     }
     wait_until(Duration::from_secs(120), "6 Running", || {
@@ -430,13 +376,7 @@ fn after_the_standby_dies_a_new_one_is_chosen_and_survives_the_primary() {
             all.len() == 6 && all.iter().all(|d| d["status"] == "Running")
         },
     );
-    let v = p.graphql(
-        second,
-        &format!(
-            "mutation {{ createDeployment(deploymentUrl: \"{}\", gitBranch: \"main\") }}",
-            repo.url()
-        ),
-    );
+    let v = p.graphql(second, &create_deployment(&repo.url()));
     assert!(v["data"]["createDeployment"].is_string(), "{v}");
 }
 

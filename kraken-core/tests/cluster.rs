@@ -10,7 +10,7 @@ mod git;
 use bytes::Bytes;
 use cluster::{Cluster, wait_status, wait_until};
 use git::{GitRepo, manifest};
-use kraken_core::model::{DeploymentStatus, NodeId, StatusKind};
+use kraken_core::model::{DeploymentId, DeploymentStatus, NodeId, StatusKind};
 use kraken_core::runtime::Runtime;
 use kraken_core::runtime::fake::{FakeCall, FakeRuntime};
 use kraken_core::state::{Database, StateConfig, StateError};
@@ -39,6 +39,23 @@ fn starts(fake: &FakeRuntime) -> usize {
         .iter()
         .filter(|c| matches!(c, FakeCall::Start { .. }))
         .count()
+}
+
+/// `n` deployments of `repo`, once all of them run.
+async fn deploy_running(cluster: &Cluster, repo: &GitRepo, n: usize) -> Vec<DeploymentId> {
+    let ids: Vec<_> = (0..n)
+        .map(|_| {
+            cluster
+                .db
+                .create_deployment(&repo.url(), "main")
+                .unwrap()
+                .id
+        })
+        .collect();
+    for id in &ids {
+        wait_status(&cluster.db, id, StatusKind::Running, LIMIT).await;
+    }
+    ids
 }
 
 fn app(name: &str) -> GitRepo {
@@ -179,18 +196,7 @@ async fn destroy_ends_in_destroyed_with_the_instance_gone() {
 async fn a_stopped_worker_has_its_deployments_placed_on_the_others() {
     let (mut cluster, _fakes) = three_workers().await;
     let repo = app("moving");
-    let ids: Vec<_> = (0..6)
-        .map(|_| {
-            cluster
-                .db
-                .create_deployment(&repo.url(), "main")
-                .unwrap()
-                .id
-        })
-        .collect();
-    for id in &ids {
-        wait_status(&cluster.db, id, StatusKind::Running, LIMIT).await;
-    }
+    let ids = deploy_running(&cluster, &repo, 6).await;
     let lost = cluster.workers[0].id.clone();
     let on_lost: Vec<_> = ids
         .iter()
@@ -695,18 +701,7 @@ async fn workers_ignore_work_from_an_older_epoch() {
 async fn a_drained_worker_has_its_deployments_moved_and_is_removed() {
     let (cluster, fakes) = three_workers().await;
     let repo = app("drained");
-    let ids: Vec<_> = (0..6)
-        .map(|_| {
-            cluster
-                .db
-                .create_deployment(&repo.url(), "main")
-                .unwrap()
-                .id
-        })
-        .collect();
-    for id in &ids {
-        wait_status(&cluster.db, id, StatusKind::Running, LIMIT).await;
-    }
+    let ids = deploy_running(&cluster, &repo, 6).await;
     let drained = cluster.workers[0].id.clone();
     let on_drained: Vec<_> = ids
         .iter()

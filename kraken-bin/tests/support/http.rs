@@ -49,3 +49,20 @@ pub fn request(
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((status, serde_json::from_str(json).unwrap_or(Value::Null)))
 }
+
+/// A GraphQL request to the API at `addr`; `Value::Null` when nothing answers.
+pub fn graphql(addr: &str, token: Option<&str>, query: &str) -> Value {
+    http(
+        addr,
+        "POST",
+        "/graphql",
+        Some(&serde_json::json!({ "query": query })),
+        token,
+    )
+    .map_or(Value::Null, |(_, v)| v)
+}
+
+/// The `createDeployment` mutation for the `main` branch of `url`.
+pub fn create_deployment(url: &str) -> String {
+    format!("mutation {{ createDeployment(deploymentUrl: \"{url}\", gitBranch: \"main\") }}")
+}

@@ -153,11 +153,7 @@ impl Net {
             .map(|i| {
                 self.pids(i)
                     .into_iter()
-                    .filter(|pid| {
-                        std::fs::read(format!("/proc/{pid}/cmdline"))
-                            .unwrap_or_default()
-                            .starts_with(b"sleep\x00600")
-                    })
+                    .filter(|pid| super::processes::is_app_process(&pid.to_string()))
                     .count()
             })
             .collect()

@@ -179,6 +179,12 @@ impl Worker {
         Worker { child, id }
     }
 
+    /// Whether the agent process still exists (a killed one is reaped by [`kill`](Self::kill),
+    /// but its id stays, so this looks in /proc).
+    pub fn alive(&self) -> bool {
+        Path::new(&format!("/proc/{}", self.child.id())).exists()
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -197,4 +203,28 @@ impl Drop for Worker {
 pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A loopback port free at the time of the call (for an agent's API).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The manifest of a test app that only sleeps (`exec sleep 600`): cheap to run many of, and
+/// found among the processes by [`is_app_process`]. `extra` is appended (more tables).
+pub fn sleeper_manifest(name: &str, extra: &str) -> String {
+    format!(
+        "[app]\nname = \"{name}\"\n\n[config]\nport = 9300\nlang = \"python\"\nrun = \"exec sleep 600\"\n{extra}"
+    )
+}
+
+/// Whether process `pid` is a test app of [`sleeper_manifest`].
+pub fn is_app_process(pid: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .starts_with(b"sleep\x00600")
 }
