@@ -249,6 +249,9 @@ pub struct DeploymentMessage {
 }
 impl Message for DeploymentMessage {}
 
+/// How many [`DeploymentMessage::earlier`] statuses a worker sends, and an orchestrator reads.
+pub const MAX_EARLIER: usize = 8;
+
 /// A batch of log lines of one deployment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogMessage {

@@ -195,8 +195,11 @@ impl OrchestrationExecutor {
         if replication.standby().is_none() || self.superseded().is_some() {
             return;
         }
-        self.db
-            .set_accepting(Some(("the orchestrator is stopping".into(), None)));
+        // Refused for good (the lease keeper would otherwise accept again on the next
+        // acknowledgement), and at once, before the last round takes the changes.
+        let stopping = "the orchestrator is stopping";
+        replication.supersede(stopping.into(), None);
+        self.db.set_accepting(Some((stopping.into(), None)));
         replication.round(ctx).await;
         let info = self
             .announced
@@ -892,12 +895,6 @@ impl Validation {
     }
 }
 
-async fn settle<M>(received: Received<M>) {
-    if let Err(err) = received.ack().await {
-        tracing::debug!(cause = %err, "ack failed; the message will be delivered again and deduplicated");
-    }
-}
-
 /// How long a worker report waits for the standby's confirmation before it is acknowledged
 /// anyway (the standby is then being replaced, and changes are refused meanwhile).
 const DURABLE_WAIT: Duration = Duration::from_secs(5);
@@ -940,7 +937,7 @@ fn consume<M: Message, F>(
                         "the standby did not confirm a report in time; acknowledging it"
                     );
                 }
-                settle(received).await;
+                received.settle().await;
             }
         });
         (db, tx)
@@ -958,11 +955,9 @@ fn consume<M: Message, F>(
                     () = stop.cancelled() => return,
                 }
             }
-            let received = tokio::select! {
-                r = sub.next() => r,
-                () = stop.cancelled() => None,
+            let Some(received) = sub.next_until(&stop).await else {
+                return;
             };
-            let Some(received) = received else { return };
             handle(&received.envelope);
             handled.increment(1);
             match &acker {
@@ -973,7 +968,7 @@ fn consume<M: Message, F>(
                         return;
                     }
                 }
-                None => settle(received).await,
+                None => received.settle().await,
             }
         }
     });
@@ -1119,15 +1114,11 @@ impl Executor for OrchestrationExecutor {
         );
         ctx.spawn(async move {
             loop {
-                let received = tokio::select! {
-                    r = platform.next() => r,
-                    () = stop.cancelled() => None,
+                let Some(received) = platform.next_until(&stop).await else {
+                    return;
                 };
-                let Some(received) = received else { return };
                 let message = received.envelope.body.clone();
-                if let Err(err) = received.ack().await {
-                    tracing::debug!(cause = %err, "ack of an announcement failed");
-                }
+                received.settle().await;
                 let info = message.info.clone();
                 let mine = db.epoch();
                 if info.orchestrator == me && !message.claim && info.epoch == mine {

@@ -149,7 +149,8 @@ impl Replication {
         Some(old)
     }
 
-    /// Records that another orchestrator took over: changes are refused from now on.
+    /// Refuses changes from now on, whatever the lease: another orchestrator took over, or
+    /// this one is stopping.
     pub(crate) fn supersede(&self, reason: String, leader: Option<String>) {
         self.lock().superseded = Some((reason, leader));
         self.evaluate.notify_one();
@@ -265,11 +266,9 @@ impl Replication {
         let config = ctx.config.clone();
         ctx.spawn(async move {
             loop {
-                let received = tokio::select! {
-                    r = acks.next() => r,
-                    () = stop.cancelled() => None,
+                let Some(received) = acks.next_until(&stop).await else {
+                    return;
                 };
-                let Some(received) = received else { return };
                 let ack = &received.envelope.body;
                 if ack.primary == me
                     && ack.epoch == epoch
@@ -277,9 +276,7 @@ impl Replication {
                 {
                     this.on_ack(ack);
                 }
-                if let Err(err) = received.ack().await {
-                    tracing::debug!(cause = %err, "ack of a replica ack failed");
-                }
+                received.settle().await;
             }
         });
 

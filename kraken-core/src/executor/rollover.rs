@@ -449,15 +449,11 @@ impl Executor for RolloverExecutor {
         );
         ctx.spawn(async move {
             loop {
-                let received = tokio::select! {
-                    r = platform.next() => r,
-                    () = stop.cancelled() => None,
+                let Some(received) = platform.next_until(&stop).await else {
+                    return;
                 };
-                let Some(received) = received else { return };
                 let message = received.envelope.body.clone();
-                if let Err(err) = received.ack().await {
-                    tracing::debug!(cause = %err, "ack of an announcement failed");
-                }
+                received.settle().await;
                 if message.claim
                     || message.info.orchestrator == me
                     || !node_ctx.verify_announcement(&message)
@@ -492,11 +488,9 @@ impl Executor for RolloverExecutor {
         let (me, stop, actx) = (ctx.node.clone(), ctx.shutdown(), ctx.clone());
         ctx.spawn(async move {
             loop {
-                let received = tokio::select! {
-                    r = stream.next() => r,
-                    () = stop.cancelled() => None,
+                let Some(received) = stream.next_until(&stop).await else {
+                    return;
                 };
-                let Some(received) = received else { return };
                 if let Some(mut ack) = applier.apply(&me, &received.envelope).await {
                     ack.proof = actx.config.join_proof(&me);
                     let channel = wire::replica_ack_channel(&ack.primary);
@@ -505,9 +499,7 @@ impl Executor for RolloverExecutor {
                         tracing::debug!(cause = %err, "replica ack not sent");
                     }
                 }
-                if let Err(err) = received.ack().await {
-                    tracing::debug!(cause = %err, "ack of a replication message failed");
-                }
+                received.settle().await;
             }
         });
         Ok(())

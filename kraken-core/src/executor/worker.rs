@@ -109,8 +109,6 @@ struct Shared {
 
 const SEEN_CAPACITY: usize = 8_192;
 
-/// Statuses remembered per deployment for [`DeploymentMessage::earlier`].
-const MAX_REPORTED: usize = 8;
 /// Deployments remembered so, beyond which only those this node runs or builds are kept.
 const MAX_REPORTED_DEPLOYMENTS: usize = 4_096;
 
@@ -203,7 +201,7 @@ impl Worker {
                 .filter(|(s, _)| *s != status)
                 .cloned()
                 .collect();
-            if !entry.1.iter().any(|(s, _)| *s == status) && entry.1.len() < MAX_REPORTED {
+            if !entry.1.iter().any(|(s, _)| *s == status) && entry.1.len() < wire::MAX_EARLIER {
                 entry.1.push((status.clone(), Timestamp::now()));
             }
             if terminal {
@@ -358,11 +356,11 @@ impl Worker {
         let known = self.ctx.epoch();
         if envelope.epoch < known {
             tracing::warn!(epoch = envelope.epoch, known, sender = %envelope.sender, "ignoring work from an older orchestrator epoch");
-            ack(received).await;
+            received.settle().await;
             return;
         }
         if !lock(&self.shared).first_delivery(envelope.id) {
-            ack(received).await;
+            received.settle().await;
             return;
         }
         match envelope.body.clone() {
@@ -372,7 +370,7 @@ impl Worker {
                 generation,
             } => {
                 self.cancel(&deployment, generation).await;
-                ack(received).await;
+                received.settle().await;
             }
         }
     }
@@ -401,14 +399,14 @@ impl Worker {
                         Some((&info, url.as_deref())),
                     )
                     .await;
-                    ack(received).await;
+                    received.settle().await;
                 });
                 return;
             }
             if let Some(p) = shared.in_progress.get(&order.deployment) {
                 if p.generation >= order.generation {
                     drop(shared);
-                    tokio::spawn(ack(received));
+                    tokio::spawn(received.settle());
                     return;
                 }
                 p.cancel.cancel();
@@ -452,7 +450,7 @@ impl Worker {
                 }
                 None => tracing::info!(deployment = %deployment, generation, "deployment superseded or cancelled"),
             }
-            ack(received).await;
+            received.settle().await;
         });
     }
 
@@ -644,13 +642,6 @@ impl Worker {
     }
 }
 
-async fn ack<M>(received: Received<M>) {
-    if let Err(err) = received.ack().await {
-        // It will be delivered again and recognised as a duplicate.
-        tracing::debug!(cause = %err, "ack failed");
-    }
-}
-
 async fn remove_dir(dir: PathBuf) {
     let result = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
@@ -734,15 +725,13 @@ impl Executor for WorkerExecutor {
         let stop = shutdown.clone();
         ctx.spawn(async move {
             loop {
-                let received = tokio::select! {
-                    r = platform.next() => r,
-                    () = stop.cancelled() => None,
+                let Some(received) = platform.next_until(&stop).await else {
+                    return;
                 };
-                let Some(received) = received else { return };
                 let info = received.envelope.body.info.clone();
                 let before = platform_ctx.platform();
                 if !platform_ctx.verify_announcement(&received.envelope.body) {
-                    ack(received).await;
+                    received.settle().await;
                     continue;
                 }
                 if platform_ctx.set_platform(info.clone())
@@ -751,7 +740,7 @@ impl Executor for WorkerExecutor {
                     tracing::info!(orchestrator = %info.orchestrator, epoch = info.epoch, "following the orchestrator");
                     new_leader.notify_one();
                 }
-                ack(received).await;
+                received.settle().await;
             }
         });
         let permits = Arc::clone(&self.permits);
@@ -759,11 +748,9 @@ impl Executor for WorkerExecutor {
         let stop = shutdown.clone();
         ctx.spawn(async move {
             loop {
-                let received = tokio::select! {
-                    r = work.next() => r,
-                    () = stop.cancelled() => None,
+                let Some(received) = work.next_until(&stop).await else {
+                    return;
                 };
-                let Some(received) = received else { return };
                 consumer.handle(received, Arc::clone(&permits)).await;
             }
         });

@@ -194,6 +194,13 @@ impl<M> Received<M> {
     pub async fn ack(self) -> Result<(), TransportError> {
         self.delivery.ack().await
     }
+    /// Acknowledges it, where a failure needs no handling: the message is then delivered
+    /// again, and handlers recognise it as a duplicate. The failure is logged.
+    pub async fn settle(self) {
+        if let Err(err) = self.delivery.ack().await {
+            tracing::debug!(cause = %err, "ack failed; the message will be delivered again");
+        }
+    }
     /// Not handled: deliver again (`requeue`) or drop.
     pub async fn nack(self, requeue: bool) -> Result<(), TransportError> {
         self.delivery.nack(requeue).await
@@ -215,6 +222,18 @@ pub struct TypedSubscription<M> {
 }
 
 impl<M: Message> TypedSubscription<M> {
+    /// The next well-formed message, or `None` once the transport is closed or `stop` is
+    /// cancelled (what a consumer task loops on until its node stops).
+    pub async fn next_until(
+        &mut self,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Option<Received<M>> {
+        tokio::select! {
+            r = self.next() => r,
+            () = stop.cancelled() => None,
+        }
+    }
+
     /// The next well-formed message, or `None` once the transport is closed.
     pub async fn next(&mut self) -> Option<Received<M>> {
         loop {
