@@ -21,7 +21,7 @@ use crate::model::{
     TransitionError,
 };
 use crate::source;
-use crate::wire::{DeploymentMessage, LogMessage, MessageId, SysinfoMessage};
+use crate::wire::{DeploymentMessage, LogMessage, MAX_EARLIER, MessageId, SysinfoMessage};
 use logs::LogStore;
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -518,6 +518,9 @@ impl Database {
             Self::check_accepting(&inner)?;
             inner.seq += 1;
             if let Some(pending) = inner.replication.as_mut() {
+                // Lines not sent yet are gone with the log; what comes after follows the
+                // delete (the standby applies deletes first).
+                pending.logs.retain(|b| b.deployment != *id);
                 pending.deleted_logs.push(id.clone());
                 self.replication_wake.notify_one();
             }
@@ -609,22 +612,23 @@ impl Database {
             // The steps the report lists after the status known here were reported to an
             // orchestrator that died before this one had them: recorded first, at the
             // times the worker reached them (never before the newest entry).
+            // Only as many as a worker sends: a longer list cannot flush the real history.
+            let earlier = &report.earlier[report.earlier.len().saturating_sub(MAX_EARLIER)..];
             let mut next = d.clone();
-            let missed: &[(DeploymentStatus, Timestamp)] =
-                match report.earlier.iter().position(|(s, _)| *s == next.status) {
-                    Some(i) => &report.earlier[i + 1..],
-                    None if next.status.kind()
-                        == crate::model::StatusKind::DelegatingDeployment =>
-                    {
-                        &report.earlier
-                    }
-                    None => &[],
-                };
-            for (step, at) in missed {
-                let newest = next.history.last().map_or(*at, |h| h.at);
-                if next.status.can_transition_to(step) {
-                    let _ = next.transition(step.clone(), (*at).max(newest));
+            let missed: &[(DeploymentStatus, Timestamp)] = match earlier
+                .iter()
+                .position(|(s, _)| *s == next.status)
+            {
+                Some(i) => &earlier[i + 1..],
+                None if next.status.kind() == crate::model::StatusKind::DelegatingDeployment => {
+                    earlier
                 }
+                None => &[],
+            };
+            for (step, at) in missed {
+                // An illegal step is refused by `transition` and changes nothing.
+                let newest = next.history.last().map_or(*at, |h| h.at);
+                let _ = next.transition(step.clone(), (*at).max(newest));
             }
             if next
                 .transition(report.status.clone(), Timestamp::now())
@@ -635,6 +639,16 @@ impl Database {
             *d = next;
             ReportOutcome::Transitioned
         };
+        let only_stats = outcome == ReportOutcome::Updated
+            && report.port.is_none_or(|p| d.port == Some(p))
+            && report
+                .url
+                .as_ref()
+                .is_none_or(|u| d.url.as_ref() == Some(u))
+            && report
+                .instance
+                .as_ref()
+                .is_none_or(|i| d.instance.as_ref() == Some(i));
         if report.port.is_some() {
             d.port = report.port;
         }
@@ -646,6 +660,11 @@ impl Database {
         }
         if report.stats.is_some() {
             d.stats = report.stats;
+        }
+        if only_stats {
+            // A usage sample (every few seconds per app): shown, not persisted nor copied
+            // to the standby; the next sample replaces it anyway.
+            return outcome;
         }
         let event = StateEvent::Deployment {
             id: d.id.clone(),
@@ -956,6 +975,61 @@ mod tests {
                 StatusKind::Running
             ]
         );
+    }
+
+    #[test]
+    fn a_usage_sample_is_shown_but_neither_persisted_nor_replicated() {
+        let db = Database::in_memory(StateConfig::default());
+        let node = NodeId::random();
+        let d = placed(&db, &node);
+        db.apply_report(
+            MessageId::random(),
+            &report(&d, &node, DeploymentStatus::Running),
+        );
+        db.track_changes(true);
+        let seq = db.seq();
+        let mut sample = report(&d, &node, DeploymentStatus::Running);
+        sample.stats = Some(crate::model::InstanceStats {
+            mem_bytes: 1 << 20,
+            ..crate::model::InstanceStats::default()
+        });
+        assert_eq!(
+            db.apply_report(MessageId::random(), &sample),
+            ReportOutcome::Updated
+        );
+        assert_eq!(db.deployment(&d.id).unwrap().stats, sample.stats);
+        assert_eq!(db.seq(), seq, "nothing to copy to the standby");
+        // A changed port is a change.
+        let mut moved = sample.clone();
+        moved.port = Some(9999);
+        db.apply_report(MessageId::random(), &moved);
+        assert!(db.seq() > seq);
+    }
+
+    #[test]
+    fn a_report_with_a_long_list_of_earlier_steps_reads_only_the_last_few() {
+        let db = Database::in_memory(StateConfig::default());
+        let node = NodeId::random();
+        let d = placed(&db, &node);
+        let before = db.deployment(&d.id).unwrap().history.len();
+        let mut running = report(&d, &node, DeploymentStatus::Running);
+        running.earlier = (0..10_000)
+            .map(|i| {
+                let s = if i % 2 == 0 {
+                    DeploymentStatus::BuildingDeployment
+                } else {
+                    DeploymentStatus::Deploying
+                };
+                (s, Timestamp::now())
+            })
+            .collect();
+        assert_eq!(
+            db.apply_report(MessageId::random(), &running),
+            ReportOutcome::Transitioned
+        );
+        let after = db.deployment(&d.id).unwrap().history;
+        assert!(after.len() <= before + MAX_EARLIER + 1, "{}", after.len());
+        assert_eq!(after[0].status.kind(), StatusKind::DeploymentRequested);
     }
 
     #[test]

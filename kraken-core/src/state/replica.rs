@@ -20,7 +20,7 @@ const MAX_PENDING_LINES: usize = 100_000;
 #[derive(Default)]
 pub(super) struct Pending {
     pub(super) deployments: HashSet<DeploymentId>,
-    logs: Vec<LogBatch>,
+    pub(super) logs: Vec<LogBatch>,
     lines: usize,
     pub(super) deleted_logs: Vec<DeploymentId>,
     overflow: bool,
@@ -301,11 +301,13 @@ impl Database {
                 inner.dirty.insert(id);
             }
         }
-        for batch in part.logs {
-            inner.logs.append(&batch.deployment, batch.lines);
-        }
+        // Deletes first: the primary drops unsent lines of a log it deletes, so the lines
+        // of a part came after its deletes.
         for id in &part.deleted_logs {
             inner.logs.remove(id);
+        }
+        for batch in part.logs {
+            inner.logs.append(&batch.deployment, batch.lines);
         }
         drop(inner);
         if self.store.is_some() {
@@ -371,6 +373,36 @@ mod tests {
         let idle = primary.take_changes(primary.seq(), 64 * 1024).unwrap();
         assert_eq!(idle.from, idle.to);
         assert_eq!(idle.parts, vec![Part::default()]);
+    }
+
+    #[tokio::test]
+    async fn lines_written_after_a_log_was_deleted_survive_on_the_standby() {
+        let primary = Database::in_memory(StateConfig::default());
+        let a = primary.create_deployment("file:///a", "main").unwrap();
+        primary.note(&a.id, "before");
+        primary.track_changes(true);
+        let seq = primary.seq();
+        let standby = Database::in_memory(StateConfig::default());
+        standby
+            .apply_snapshot(1, primary.deployments(), BTreeMap::new())
+            .await
+            .unwrap();
+        primary.note(&a.id, "deleted with the log");
+        assert!(primary.delete_log(&a.id).await.unwrap());
+        primary.note(&a.id, "after");
+        copy(
+            primary.take_changes(seq, 64 * 1024).unwrap().parts,
+            &standby,
+        );
+        let texts = |db: &Database| -> Vec<String> {
+            db.logs(&a.id, None)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|l| l.text)
+                .collect()
+        };
+        assert_eq!(texts(&primary), vec!["after".to_owned()]);
+        assert_eq!(texts(&standby), texts(&primary));
     }
 
     #[test]
