@@ -832,3 +832,37 @@ async fn a_drained_worker_keeps_its_deployments_when_no_other_node_can_take_them
     assert_eq!(notes, 1, "said once");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_do_not_follow_a_claim_that_backs_off() {
+    let (cluster, _fakes) = three_workers().await;
+    // A node claims the role with a higher epoch, then hears the orchestrator and backs off
+    // (it never announces as orchestrator). Workers must keep taking the orchestrator's
+    // orders, stamped with its own, lower epoch.
+    let transport: Arc<dyn Transport> = Arc::new(cluster.broker.transport());
+    let claimant = NodeId::parse("node-claimant").unwrap();
+    let claim = Envelope::new(
+        claimant.clone(),
+        99,
+        wire::PlatformMessage {
+            info: kraken_core::model::PlatformInfo {
+                orchestrator: claimant,
+                epoch: 99,
+                api_addr: None,
+                broker_url: None,
+                candidates: Vec::new(),
+            },
+            proof: None,
+            resigning: false,
+            claim: true,
+        },
+    );
+    transport.send(&wire::PLATFORM, &claim).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for w in &cluster.workers {
+        assert_eq!(w.handle.as_ref().unwrap().context().epoch(), 1, "{}", w.id);
+    }
+    let ids = deploy_running(&cluster, &app("after-claim"), 3).await;
+    assert_eq!(ids.len(), 3);
+    cluster.shutdown().await;
+}

@@ -114,6 +114,32 @@ impl std::fmt::Debug for NodeContext {
     }
 }
 
+/// The `platform` channel as nodes follow it: each announcement acknowledged at once,
+/// those without a valid proof of the join secret dropped (and logged), claims dropped
+/// (a claim is not an orchestrator yet: nobody follows it).
+pub struct Announcements {
+    sub: crate::transport::TypedSubscription<crate::wire::PlatformMessage>,
+    ctx: NodeContext,
+}
+
+impl Announcements {
+    /// The next announcement to follow, or `None` once the transport is closed or `stop`
+    /// is cancelled.
+    pub async fn next_until(
+        &mut self,
+        stop: &CancellationToken,
+    ) -> Option<crate::wire::PlatformMessage> {
+        loop {
+            let received = self.sub.next_until(stop).await?;
+            let message = received.envelope.body.clone();
+            received.settle().await;
+            if !message.claim && self.ctx.verify_announcement(&message) {
+                return Some(message);
+            }
+        }
+    }
+}
+
 impl NodeContext {
     /// A context for a node. The agent builds these; tests of a single executor may too.
     pub fn new(
@@ -195,6 +221,15 @@ impl NodeContext {
                 *current = Some(info);
                 true
             }
+        })
+    }
+
+    /// The announcements on the `platform` channel a node follows (see [`Announcements`]).
+    pub async fn announcements(&self) -> Result<Announcements, TransportError> {
+        use crate::transport::TransportExt;
+        Ok(Announcements {
+            sub: self.transport.listen(&crate::wire::PLATFORM).await?,
+            ctx: self.clone(),
         })
     }
 

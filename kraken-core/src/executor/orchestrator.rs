@@ -1102,50 +1102,40 @@ impl Executor for OrchestrationExecutor {
 
         // Follow other orchestrators' announcements: one with a newer epoch (or the same
         // epoch and a smaller id) takes over from this one.
-        let mut platform = ctx.transport.listen(&wire::PLATFORM).await?;
-        let (me, db, superseded, replication, waker, stop, node_ctx) = (
+        let mut platform = ctx.announcements().await?;
+        let (me, db, superseded, replication, waker, stop) = (
             ctx.node.clone(),
             Arc::clone(&self.db),
             Arc::clone(&self.superseded),
             self.replication.clone(),
             ctx.waker(),
             ctx.shutdown(),
-            ctx.clone(),
         );
         ctx.spawn(async move {
-            loop {
-                let Some(received) = platform.next_until(&stop).await else {
-                    return;
-                };
-                let message = received.envelope.body.clone();
-                received.settle().await;
-                let info = message.info.clone();
+            while let Some(message) = platform.next_until(&stop).await {
+                let info = message.info;
                 let mine = db.epoch();
-                if info.orchestrator == me && !message.claim && info.epoch == mine {
-                    if let Some(replication) = &replication {
+                if info.orchestrator == me {
+                    if info.epoch == mine
+                        && let Some(replication) = &replication
+                    {
                         replication.heard_own(Instant::now());
                     }
                     continue;
                 }
-                if info.orchestrator == me
-                    || message.claim
-                    || message.resigning
+                if message.resigning
                     || !(info.epoch > mine || (info.epoch == mine && info.orchestrator < me))
-                    || !node_ctx.verify_announcement(&message)
                 {
                     continue;
                 }
                 tracing::warn!(orchestrator = %info.orchestrator, epoch = info.epoch, mine, "another orchestrator took over; this one stops");
-                if let Some(replication) = &replication {
-                    replication.supersede(
-                        format!("orchestrator {} took over (epoch {})", info.orchestrator, info.epoch),
-                        info.api_addr.clone(),
-                    );
-                } else {
-                    db.set_accepting(Some((
-                        format!("orchestrator {} took over (epoch {})", info.orchestrator, info.epoch),
-                        info.api_addr.clone(),
-                    )));
+                let refusal = (
+                    format!("orchestrator {} took over (epoch {})", info.orchestrator, info.epoch),
+                    info.api_addr.clone(),
+                );
+                match &replication {
+                    Some(replication) => replication.supersede(refusal.0, refusal.1),
+                    None => db.set_accepting(Some(refusal)),
                 }
                 *superseded.lock().unwrap_or_else(|e| e.into_inner()) = Some(info);
                 waker.notify_one();

@@ -439,25 +439,16 @@ impl Executor for RolloverExecutor {
         self.refuse("this node is not the orchestrator (yet)", None);
 
         // The newest orchestrator heard (claims are not followed).
-        let mut platform = ctx.transport.listen(&wire::PLATFORM).await?;
-        let (heard, me, waker, stop, node_ctx) = (
+        let mut platform = ctx.announcements().await?;
+        let (heard, me, waker, stop) = (
             Arc::clone(&self.heard),
             ctx.node.clone(),
             ctx.waker(),
             ctx.shutdown(),
-            ctx.clone(),
         );
         ctx.spawn(async move {
-            loop {
-                let Some(received) = platform.next_until(&stop).await else {
-                    return;
-                };
-                let message = received.envelope.body.clone();
-                received.settle().await;
-                if message.claim
-                    || message.info.orchestrator == me
-                    || !node_ctx.verify_announcement(&message)
-                {
+            while let Some(message) = platform.next_until(&stop).await {
+                if message.info.orchestrator == me {
                     continue;
                 }
                 let mut h = lock(&heard);
