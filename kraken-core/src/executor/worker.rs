@@ -99,6 +99,9 @@ struct InProgress {
 #[derive(Default)]
 struct Shared {
     instances: HashMap<DeploymentId, Tracked>,
+    /// Instances being stopped: still reported in heartbeats until they are gone, so the
+    /// orchestrator does not take this node for empty while they still run.
+    stopping: HashMap<InstanceId, InstanceInfo>,
     /// The statuses reported for each deployment's newest generation here, with when,
     /// sent along with every later report (see [`DeploymentMessage::earlier`]).
     reported: HashMap<DeploymentId, (u64, Vec<(DeploymentStatus, Timestamp)>)>,
@@ -333,6 +336,10 @@ impl Worker {
     }
 
     async fn stop_instance(&self, tracked: Tracked) {
+        let id = tracked.info.id.clone();
+        lock(&self.shared)
+            .stopping
+            .insert(id.clone(), tracked.info.clone());
         if let Some(handle) = tracked.logs {
             handle.abort();
         }
@@ -344,6 +351,7 @@ impl Worker {
         {
             tracing::warn!(instance = %tracked.info.id, cause = %err, "could not stop instance");
         }
+        lock(&self.shared).stopping.remove(&id);
         if let Some(artifact) = tracked.artifact
             && let Err(err) = self.ctx.runtime.remove_artifact(&artifact).await
         {
@@ -612,16 +620,21 @@ impl Worker {
 
     async fn heartbeat(&self, leaving: bool) {
         let stats = self.config.probe.sample().await;
-        let instances = lock(&self.shared)
-            .instances
-            .values()
-            .map(|t| InstanceReport {
-                deployment: t.info.deployment.clone(),
-                generation: t.info.generation,
-                instance: t.info.id.clone(),
-                port: t.info.port,
-            })
-            .collect();
+        let instances = {
+            let shared = lock(&self.shared);
+            shared
+                .instances
+                .values()
+                .map(|t| &t.info)
+                .chain(shared.stopping.values())
+                .map(|info| InstanceReport {
+                    deployment: info.deployment.clone(),
+                    generation: info.generation,
+                    instance: info.id.clone(),
+                    port: info.port,
+                })
+                .collect()
+        };
         let msg = SysinfoMessage {
             node: self.ctx.node.clone(),
             address: self.ctx.config.address.clone(),
@@ -717,30 +730,22 @@ impl Executor for WorkerExecutor {
             }
         }
 
-        let mut platform = ctx.transport.listen(&wire::PLATFORM).await?;
+        let mut platform = ctx.announcements().await?;
         let mut work = ctx.transport.listen(&wire::work_channel(&ctx.node)).await?;
         let shutdown = ctx.shutdown();
         let platform_ctx = ctx.clone();
         let new_leader = Arc::clone(&self.new_leader);
         let stop = shutdown.clone();
         ctx.spawn(async move {
-            loop {
-                let Some(received) = platform.next_until(&stop).await else {
-                    return;
-                };
-                let info = received.envelope.body.info.clone();
+            while let Some(message) = platform.next_until(&stop).await {
+                let info = message.info;
                 let before = platform_ctx.platform();
-                if !platform_ctx.verify_announcement(&received.envelope.body) {
-                    received.settle().await;
-                    continue;
-                }
                 if platform_ctx.set_platform(info.clone())
                     && before.is_none_or(|b| b.orchestrator != info.orchestrator || b.epoch != info.epoch)
                 {
                     tracing::info!(orchestrator = %info.orchestrator, epoch = info.epoch, "following the orchestrator");
                     new_leader.notify_one();
                 }
-                received.settle().await;
             }
         });
         let permits = Arc::clone(&self.permits);
