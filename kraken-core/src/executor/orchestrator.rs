@@ -116,6 +116,15 @@ struct Observed {
     drained: HashMap<NodeId, Instant>,
 }
 
+impl Observed {
+    /// Forgets a node's liveness and place among the candidates (not what it runs).
+    fn forget(&mut self, node: &NodeId) {
+        self.last_heard.remove(node);
+        self.candidates.remove(node);
+        self.first_seen.remove(node);
+    }
+}
+
 /// Places and watches deployments. See the module docs.
 pub struct OrchestrationExecutor {
     db: Arc<Database>,
@@ -369,10 +378,8 @@ impl OrchestrationExecutor {
                     .map(|(n, _)| n.clone()),
             );
             for n in &lost {
-                o.last_heard.remove(n);
+                o.forget(n);
                 o.instances.remove(n);
-                o.candidates.remove(n);
-                o.first_seen.remove(n);
             }
             let silent: Vec<NodeId> = o
                 .drained
@@ -637,9 +644,7 @@ impl OrchestrationExecutor {
                 if o.instances.get(node).is_some_and(|i| !i.is_empty()) {
                     continue;
                 }
-                o.last_heard.remove(node);
-                o.candidates.remove(node);
-                o.first_seen.remove(node);
+                o.forget(node);
                 o.drained.insert(node.clone(), Instant::now());
             }
             if self.db.remove_node(node).is_some() {
@@ -932,6 +937,14 @@ fn consume<M: Message, F>(
                     c = acker_db.replicated_to(seq, deadline) => c,
                     () = acker_stop.cancelled() => return,
                 };
+                if !confirmed && !acker_db.accepting() {
+                    // Fenced meanwhile: another orchestrator may be taking over, so the
+                    // report goes back to the queue for it.
+                    if let Err(err) = received.nack(true).await {
+                        tracing::debug!(cause = %err, "could not return a report");
+                    }
+                    continue;
+                }
                 if !confirmed {
                     tracing::debug!(
                         "the standby did not confirm a report in time; acknowledging it"
@@ -958,6 +971,13 @@ fn consume<M: Message, F>(
             let Some(received) = sub.next_until(&stop).await else {
                 return;
             };
+            if gate.as_ref().is_some_and(|g| !*g.borrow()) {
+                // Fenced while waiting for it: left for the next orchestrator.
+                if let Err(err) = received.nack(true).await {
+                    tracing::debug!(cause = %err, "could not return a message");
+                }
+                continue;
+            }
             handle(&received.envelope);
             handled.increment(1);
             match &acker {
