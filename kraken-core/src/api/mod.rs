@@ -220,7 +220,8 @@ pub enum ApiError {
 #[derive(Debug, Clone, Default)]
 struct NodeFacts {
     platform: Option<watch::Receiver<Option<PlatformInfo>>>,
-    join_secret: Option<crate::membership::JoinSecret>,
+    /// The node's settings (the join secret `/join` checks).
+    config: Option<Arc<crate::executor::NodeConfig>>,
     runtime: Option<&'static str>,
     transport: Option<&'static str>,
 }
@@ -256,7 +257,7 @@ impl ApiState {
     pub fn with_node(mut self, ctx: &NodeContext) -> Self {
         self.node = NodeFacts {
             platform: Some(ctx.watch_platform()),
-            join_secret: ctx.config.join_secret.clone(),
+            config: Some(Arc::clone(&ctx.config)),
             runtime: Some(ctx.runtime.name()),
             transport: Some(ctx.transport.name()),
         };

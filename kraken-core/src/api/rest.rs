@@ -170,14 +170,10 @@ async fn join(
     Json(request): Json<JoinRequest>,
 ) -> Result<Response, RestError> {
     let node = NodeId::parse(&request.node)?;
-    if let Some(secret) = &core.node.join_secret {
-        let ok = request
-            .proof
-            .as_ref()
-            .is_some_and(|p| secret.verify_join(&node, &p.clone().into()));
-        if !ok {
-            tracing::warn!(node = %node, "join refused: wrong or missing join secret");
-            return Ok((
+    if let Some(config) = &core.node.config
+        && !config.verify_join(&node, request.proof.as_deref())
+    {
+        return Ok((
                 StatusCode::FORBIDDEN,
                 Json(ErrorBody {
                     error: format!(
@@ -187,7 +183,6 @@ async fn join(
                 }),
             )
                 .into_response());
-        }
     }
     let info = core.node.platform.as_ref().and_then(|p| p.borrow().clone());
     tracing::info!(node = %node, "node joins");

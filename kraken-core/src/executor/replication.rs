@@ -64,8 +64,6 @@ struct State {
     ping: u64,
     pings: VecDeque<(u64, Instant)>,
     lease_until: Option<Instant>,
-    /// Whether a lease was ever given. The first needs no listening: the claim listened.
-    leased_once: bool,
     /// This primary's own announcements heard back on the platform channel without a gap
     /// longer than the lease: since when, and the newest.
     heard_back: Option<(Instant, Instant)>,
@@ -170,8 +168,8 @@ impl Replication {
             started.saturating_duration_since(since) >= self.config.rejoin
                 && started.saturating_duration_since(newest) <= self.config.lease
         });
-        if !s.leased_once || unbroken || listened {
-            s.leased_once = true;
+        // The first lease needs no listening: the claim listened.
+        if s.lease_until.is_none() || unbroken || listened {
             s.extend_lease(started, self.config.lease);
             drop(s);
             self.evaluate.notify_one();

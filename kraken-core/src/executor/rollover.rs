@@ -588,8 +588,10 @@ impl Executor for RolloverExecutor {
         {
             orchestrator.resign(&octx).await;
             token.cancel();
-            orchestrator.shutdown(&octx).await?;
+            // It flushes the database.
+            return orchestrator.shutdown(&octx).await;
         }
+        // A standby's or follower's copy.
         self.db
             .flush()
             .await
