@@ -580,10 +580,15 @@ impl Worker {
             {
                 p.cancel.cancel();
             }
-            match shared.instances.get(deployment) {
+            let tracked = match shared.instances.get(deployment) {
                 Some(t) if t.info.generation <= generation => shared.instances.remove(deployment),
                 _ => None,
+            };
+            // Reported as stopping from now on (the reports below take a while), not as gone.
+            if let Some(t) = &tracked {
+                shared.stopping.insert(t.info.id.clone(), t.info.clone());
             }
+            tracked
         };
         self.report(
             deployment,
