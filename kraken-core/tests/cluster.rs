@@ -727,6 +727,9 @@ async fn a_drained_worker_has_its_deployments_moved_and_is_removed() {
     }
     wait_until(LIMIT, || cluster.db.node(&drained).is_none()).await;
     assert!(cluster.db.draining().is_empty());
+    // Its old instances are stopped: the stops are under way when the node is removed, and
+    // under load they can finish just after.
+    wait_until(LIMIT, || fakes[0].running().is_empty()).await;
     assert!(fakes[0].running().is_empty(), "{:?}", fakes[0].running());
     let stopped: Vec<_> = fakes[0]
         .calls()
