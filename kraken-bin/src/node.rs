@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use kraken_core::util::redact;
+
 /// Which runtime runs the apps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RuntimeChoice {
@@ -313,18 +315,6 @@ async fn amqp_transport(url: &str, prefix: &str) -> Result<Arc<dyn Transport>> {
 #[cfg(not(feature = "amqp"))]
 async fn amqp_transport(_url: &str, _prefix: &str) -> Result<Arc<dyn Transport>> {
     anyhow::bail!("this build of kraken has no RabbitMQ transport")
-}
-
-/// A URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM (`kill`, systemd, `docker stop`): both stop the

@@ -24,6 +24,7 @@ use crate::executor::{ExecutionFailure, Executor, NodeConfig, NodeContext, Setup
 use crate::model::NodeId;
 use crate::runtime::Runtime;
 use crate::transport::Transport;
+use crate::util::lock;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -196,7 +197,7 @@ impl Agent {
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(node = %ctx.node, ?grace, "work still in flight after the grace time was abandoned");
         }
-        let failed = failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let failed = lock(&failure).take();
         failed.map_or(Ok(()), Err)
     }
 
@@ -227,7 +228,7 @@ async fn drive(
             }
             Err(ExecutionFailure::Fatal(reason)) => {
                 tracing::error!(executor = executor.name(), reason = %reason, "executor failed");
-                *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(AgentError::Fatal {
+                *lock(&failure) = Some(AgentError::Fatal {
                     executor: executor.name().to_owned(),
                     reason,
                 });

@@ -25,6 +25,7 @@
 //!   addresses, an opt-in subnet scan.
 //! - [`state`]: the orchestrator's database: deployments, nodes, logs, persisted.
 //! - `api` (feature `api`): the orchestrator's HTTP API: REST, GraphQL, metrics, UI files.
+//! - [`util`]: the shared small helpers: a poison-tolerant lock, backoff, credential redaction.
 //! - [`agent`]: composition: a builder that takes transport, runtime and executors and runs
 //!   them until shutdown.
 #![deny(missing_docs)]
@@ -42,4 +43,5 @@ pub mod runtime;
 pub mod source;
 pub mod state;
 pub mod transport;
+pub mod util;
 pub mod wire;

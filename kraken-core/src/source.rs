@@ -48,6 +48,7 @@
 //! Killing git on timeout does not reach helper processes it started (ssh, a remote helper):
 //! they see their pipes close and exit on their own.
 
+use crate::util::redact;
 use std::ffi::OsStr;
 use std::fmt;
 use std::io;
@@ -559,7 +560,7 @@ impl Git {
         cwd: Option<&Path>,
         args: &[S],
     ) -> Result<Output, SourceError> {
-        let command = redact_credentials(&command_line(args));
+        let command = redact(&command_line(args));
         let mut cmd = self.command(cwd, args);
         match run_captured(&mut cmd, self.timeout).await {
             Ok(Some((status, stdout, stderr))) => Ok(Output {
@@ -668,7 +669,7 @@ async fn run_captured(
         status
     };
     let stdout = String::from_utf8_lossy(&out).into_owned();
-    let stderr = redact_credentials(&String::from_utf8_lossy(&err));
+    let stderr = redact(&String::from_utf8_lossy(&err));
     Ok(Some((status, stdout, tidy_stderr(stderr.as_bytes()))))
 }
 
@@ -816,51 +817,7 @@ impl Drop for CleanupGuard {
 
 /// A URL as shown in errors: credentials masked, length bounded.
 fn display_url(url: &str) -> String {
-    shorten(&redact_credentials(url))
-}
-
-/// Masks credentials in every `scheme://user:password@host` found in `text`.
-///
-/// Errors end up in logs and in the UI, where a token pasted into a URL must not appear. For
-/// `http` and `https` the whole user part is masked, since hosting services accept a token as
-/// the user name; for other schemes only the password is.
-fn redact_credentials(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        let scheme_start = head[..i]
-            .char_indices()
-            .rev()
-            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
-            .map_or(0, |(j, c)| j + c.len_utf8());
-        let scheme = &head[scheme_start..i];
-        let end = tail
-            .find(|c: char| c == '/' || c.is_whitespace() || c == '\'' || c == '"')
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
-            Some(at)
-                if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
-            {
-                out.push_str("***");
-                out.push_str(&authority[at..]);
-            }
-            Some(at) => match authority[..at].split_once(':') {
-                Some((user, _)) => {
-                    out.push_str(user);
-                    out.push_str(":***");
-                    out.push_str(&authority[at..]);
-                }
-                None => out.push_str(authority),
-            },
-            None => out.push_str(authority),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
+    shorten(&redact(url))
 }
 
 /// Shortens user input quoted back in an error.
@@ -1461,7 +1418,7 @@ mod tests {
             ("://", "://"),
             ("é://é:é@é", "é://é:***@é"),
         ] {
-            assert_eq!(redact_credentials(text), masked, "{text}");
+            assert_eq!(redact(text), masked, "{text}");
         }
         match url_protocol("https://u:s3cret@example.org") {
             Err(SourceError::InvalidUrl { url, .. }) => assert_eq!(url, "https://***@example.org"),

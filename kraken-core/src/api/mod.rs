@@ -309,7 +309,7 @@ impl Core {
                 orchestrator: Some(info.orchestrator.to_string()),
                 epoch: self.db.epoch().max(info.epoch),
                 api_addr: info.api_addr.or(local),
-                broker_url: info.broker_url.as_deref().map(redact_password),
+                broker_url: info.broker_url.as_deref().map(crate::util::redact),
                 candidates: info.candidates.iter().map(ToString::to_string).collect(),
             },
             None => PlatformView {
@@ -345,21 +345,6 @@ impl Core {
             });
         }
         services
-    }
-}
-
-/// A URL without its password (`amqp://user:***@host/`): the full broker URL is given only
-/// to nodes that prove the join secret (`POST /join`).
-pub(crate) fn redact_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
     }
 }
 

@@ -18,6 +18,7 @@ pub mod worker;
 use crate::model::{NodeId, PlatformInfo};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::transport::{Transport, TransportError};
+use crate::util::lock;
 use async_trait::async_trait;
 use std::future::Future;
 use std::path::PathBuf;
@@ -266,7 +267,7 @@ impl NodeContext {
 fn refused(node: &NodeId, what: &str) {
     static LAST: std::sync::Mutex<Option<std::collections::HashMap<NodeId, std::time::Instant>>> =
         std::sync::Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last = lock(&LAST);
     let map = last.get_or_insert_with(Default::default);
     let now = std::time::Instant::now();
     if map

@@ -24,13 +24,14 @@ use crate::model::{
 use crate::source::{Fetcher, Git};
 use crate::state::{Database, ReportOutcome};
 use crate::transport::{Received, TransportExt};
+use crate::util::lock;
 use crate::wire::{
     self, DeploymentOrder, Envelope, InstanceReport, Message, PlatformMessage, WorkRequestMessage,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -156,10 +157,6 @@ impl std::fmt::Debug for OrchestrationExecutor {
     }
 }
 
-fn observed(o: &Mutex<Observed>) -> MutexGuard<'_, Observed> {
-    o.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl OrchestrationExecutor {
     /// An orchestrator over `db`.
     pub fn new(db: Arc<Database>, config: OrchestratorConfig) -> Self {
@@ -210,11 +207,7 @@ impl OrchestrationExecutor {
         replication.supersede(stopping.into(), None);
         self.db.set_accepting(Some((stopping.into(), None)));
         replication.round(ctx).await;
-        let info = self
-            .announced
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let info = lock(&self.announced).clone();
         if announce(ctx, info, false, true).await {
             tracing::info!("resigned: the standby takes over");
         }
@@ -225,16 +218,13 @@ impl OrchestrationExecutor {
     /// presumed alive for a whole node timeout from now, so its apps are placed again one
     /// node timeout after its last word. Call before `setup`.
     pub fn heard_last(&mut self, node: NodeId, at: Instant) {
-        observed(&self.observed).last_heard.insert(node, at);
+        lock(&self.observed).last_heard.insert(node, at);
     }
 
     /// The orchestrator that took over from this one (it announced a newer epoch), if any:
     /// this one then refuses changes and should stop.
     pub fn superseded(&self) -> Option<PlatformInfo> {
-        self.superseded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.superseded).clone()
     }
 
     fn platform_info(&self, ctx: &NodeContext) -> PlatformInfo {
@@ -257,7 +247,7 @@ impl OrchestrationExecutor {
         let mut info = self.platform_info(ctx);
         if let Some(replication) = &self.replication {
             let mut candidates: Vec<(Instant, NodeId)> = {
-                let o = observed(&self.observed);
+                let o = lock(&self.observed);
                 alive
                     .iter()
                     .filter(|n| **n != ctx.node && o.candidates.contains(*n))
@@ -304,7 +294,7 @@ impl OrchestrationExecutor {
             }
             info.candidates = std::iter::once(ctx.node.clone()).chain(order).collect();
         }
-        let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+        let mut announced = lock(&self.announced);
         if *announced != info {
             *announced = info.clone();
             drop(announced);
@@ -360,7 +350,7 @@ impl OrchestrationExecutor {
     async fn check_nodes(&mut self, ctx: &NodeContext) -> Vec<NodeId> {
         if let Some(replication) = &self.replication
             && let Some(standby) = replication.standby()
-            && observed(&self.observed).leaving.contains(&standby)
+            && lock(&self.observed).leaving.contains(&standby)
         {
             // It left on purpose: it will not take over, so the broker's word is enough
             // for a lease until the next standby holds a copy.
@@ -369,7 +359,7 @@ impl OrchestrationExecutor {
         }
         let now = Instant::now();
         let lost: Vec<NodeId> = {
-            let mut o = observed(&self.observed);
+            let mut o = lock(&self.observed);
             let mut lost: Vec<NodeId> = std::mem::take(&mut o.leaving);
             lost.extend(
                 o.last_heard
@@ -407,11 +397,7 @@ impl OrchestrationExecutor {
                 }
             }
         }
-        let mut live: Vec<NodeId> = observed(&self.observed)
-            .last_heard
-            .keys()
-            .cloned()
-            .collect();
+        let mut live: Vec<NodeId> = lock(&self.observed).last_heard.keys().cloned().collect();
         live.sort();
         live
     }
@@ -640,7 +626,7 @@ impl OrchestrationExecutor {
                 continue;
             }
             {
-                let mut o = observed(&self.observed);
+                let mut o = lock(&self.observed);
                 if o.instances.get(node).is_some_and(|i| !i.is_empty()) {
                     continue;
                 }
@@ -658,7 +644,7 @@ impl OrchestrationExecutor {
     async fn reap_orphans(&mut self, ctx: &NodeContext, deployments: &[Deployment]) {
         let by_id: HashMap<&DeploymentId, &Deployment> =
             deployments.iter().map(|d| (&d.id, d)).collect();
-        let reports: Vec<(NodeId, InstanceReport)> = observed(&self.observed)
+        let reports: Vec<(NodeId, InstanceReport)> = lock(&self.observed)
             .instances
             .iter()
             .flat_map(|(n, rs)| rs.iter().map(move |r| (n.clone(), r.clone())))
@@ -1009,7 +995,7 @@ impl Executor for OrchestrationExecutor {
         // placing everything again.
         {
             let now = Instant::now();
-            let mut o = observed(&self.observed);
+            let mut o = lock(&self.observed);
             for d in self.db.deployments() {
                 if let Some(node) = d.node.filter(|_| d.status.kind() != StatusKind::Destroyed) {
                     o.last_heard.entry(node).or_insert(now);
@@ -1024,7 +1010,7 @@ impl Executor for OrchestrationExecutor {
             self.config.api_addr.get_or_insert(addr);
         }
         let info = self.platform_info(ctx);
-        *self.announced.lock().unwrap_or_else(|e| e.into_inner()) = info.clone();
+        *lock(&self.announced) = info.clone();
         ctx.set_platform(info);
         if self.replication.is_some() {
             // Until the lease says otherwise.
@@ -1071,7 +1057,7 @@ impl Executor for OrchestrationExecutor {
                 if !node_config.verify_join(&report.node, report.proof.as_deref()) {
                     return;
                 }
-                let mut o = observed(&seen);
+                let mut o = lock(&seen);
                 if let Some(heard) = o.drained.get_mut(&report.node) {
                     // Drained: not added again, but what it still runs is stopped.
                     if report.leaving {
@@ -1157,7 +1143,7 @@ impl Executor for OrchestrationExecutor {
                     Some(replication) => replication.supersede(refusal.0, refusal.1),
                     None => db.set_accepting(Some(refusal)),
                 }
-                *superseded.lock().unwrap_or_else(|e| e.into_inner()) = Some(info);
+                *lock(&superseded) = Some(info);
                 waker.notify_one();
             }
         });
@@ -1181,7 +1167,7 @@ impl Executor for OrchestrationExecutor {
             loop {
                 tokio::select! {
                     _ = ticker.tick() => {
-                        let info = announced.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        let info = lock(&announced).clone();
                         let started = Instant::now();
                         if announce(&announce_ctx, info, false, false).await
                             && let Some(replication) = &replication

@@ -1,6 +1,7 @@
 //! Where a worker's node stats come from.
 
 use crate::model::NodeStats;
+use crate::util::lock;
 use async_trait::async_trait;
 use std::sync::{Arc, Mutex};
 
@@ -45,7 +46,7 @@ impl SystemProbe for SysinfoProbe {
         let system = Arc::clone(&self.system);
         let min_interval = self.min_interval;
         let sampled = tokio::task::spawn_blocking(move || {
-            let mut guard = system.lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = lock(&system);
             let (slot, cache) = &mut *guard;
             if let Some((at, stats)) = cache
                 && at.elapsed() < min_interval

@@ -14,6 +14,7 @@ use super::NodeContext;
 use crate::model::NodeId;
 use crate::state::Database;
 use crate::transport::TransportExt;
+use crate::util::lock;
 use crate::wire::{self, Envelope, ReplicaAck, ReplicationMessage};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -119,7 +120,7 @@ impl Replication {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// The designated standby.

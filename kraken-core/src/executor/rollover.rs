@@ -25,10 +25,11 @@ use super::{ExecutionFailure, Executor, NodeContext, SetupFailure};
 use crate::model::{Deployment, DeploymentId, LogLine, NodeId, PlatformInfo};
 use crate::state::{Database, Part};
 use crate::transport::TransportExt;
+use crate::util::lock;
 use crate::wire::{self, Envelope, ReplicaAck, ReplicationMessage};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -127,10 +128,6 @@ struct Replica {
     complete: bool,
     assembling: Option<Assembly>,
     last_contact: Option<Instant>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Takes the orchestrator role when the platform needs one. See the module docs.

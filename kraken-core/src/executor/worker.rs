@@ -16,6 +16,7 @@ use crate::model::{DeploymentId, DeploymentStatus, InstanceId, LogLine, LogStrea
 use crate::runtime::{Artifact, BuildRequest, InstanceInfo, InstanceState, LogFollow, StartSpec};
 use crate::source::{Fetcher, Git};
 use crate::transport::{Received, TransportExt};
+use crate::util::{Backoff, lock};
 use crate::wire::{
     self, DeploymentMessage, DeploymentOrder, Envelope, InstanceReport, LogMessage, Message,
     SysinfoMessage, WorkRequestMessage,
@@ -24,7 +25,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -162,10 +163,6 @@ impl WorkerExecutor {
     }
 }
 
-fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// What a running worker needs in its tasks.
 #[derive(Clone)]
 struct Worker {
@@ -238,14 +235,13 @@ impl Worker {
 
     async fn send_report(&self, msg: DeploymentMessage) {
         let envelope = self.envelope(msg);
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         for attempt in 1..=8 {
             match self.ctx.transport.send(&wire::DEPLOYMENT, &envelope).await {
                 Ok(()) => return,
                 Err(err) => {
                     tracing::warn!(deployment = %envelope.body.deployment, attempt, cause = %err, "could not send a status report");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    backoff.wait().await;
                 }
             }
         }

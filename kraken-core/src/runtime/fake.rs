@@ -26,6 +26,7 @@ use super::{
 use crate::model::{
     DeploymentId, InstanceId, InstanceStats, LogLine, LogStream, NodeId, Timestamp,
 };
+use crate::util::lock;
 use async_trait::async_trait;
 use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -261,7 +262,7 @@ impl FakeRuntime {
 
     fn host(&self) -> MutexGuard<'_, Host> {
         // Every update is a few inserts and removes: a panicking test thread leaves it usable.
-        self.host.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.host)
     }
 
     fn record(&self, call: FakeCall) {

@@ -21,6 +21,7 @@ use crate::model::{
     TransitionError,
 };
 use crate::source;
+use crate::util::lock;
 use crate::wire::{DeploymentMessage, LogMessage, MAX_EARLIER, MessageId, SysinfoMessage};
 use logs::LogStore;
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
@@ -295,7 +296,7 @@ impl Database {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every critical section leaves the state consistent, so a panic elsewhere while
         // holding the lock does not make it unusable.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner)
     }
 
     fn touched(&self, inner: &mut Inner, id: &DeploymentId) {

@@ -6,6 +6,7 @@
 //! rejected too often is dead-lettered, and every queue is bounded.
 
 use super::{Acker, Delivery, Subscription, Transport, TransportError};
+use crate::util::lock;
 use crate::wire::{ChannelKind, ChannelSpec};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -59,7 +60,7 @@ impl Queue {
     fn items(&self) -> MutexGuard<'_, VecDeque<Item>> {
         // A poisoned lock only means another thread panicked while holding it; the queue
         // itself is still consistent (every operation is a single push or pop).
-        self.items.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.items)
     }
 }
 
@@ -136,7 +137,7 @@ impl MemoryBroker {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner.state)
     }
 
     fn queue(&self, name: &str) -> Arc<Queue> {

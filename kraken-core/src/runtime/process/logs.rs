@@ -4,6 +4,7 @@
 use super::Liveness;
 use crate::model::{LogLine, LogStream, MAX_LOG_LINE};
 use crate::runtime::LogFollow;
+use crate::util::lock;
 use futures::StreamExt;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -112,7 +113,7 @@ impl LogHub {
 
     fn state(&self) -> MutexGuard<'_, HubState> {
         // Every update is a few pushes and pops: a panic elsewhere leaves it consistent.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Records lines and hands them to the followers.

@@ -26,6 +26,7 @@ use super::{
     RuntimeError, StartSpec,
 };
 use crate::model::{InstanceId, InstanceStats, LogLine, LogStream, Timestamp};
+use crate::util::lock;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -304,7 +305,7 @@ impl ProcessRuntime {
 
     fn instances(&self) -> MutexGuard<'_, HashMap<InstanceId, Arc<Tracked>>> {
         // Every update is one insert or remove: a panic elsewhere leaves the map consistent.
-        self.instances.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.instances)
     }
 
     /// The directory of an artifact, when it is one of this runtime's.
@@ -775,7 +776,7 @@ impl Runtime for ProcessRuntime {
 
 /// Sums CPU and resident memory over `members`, refreshing them in `sampler`.
 fn sample_group(sampler: &Mutex<Option<System>>, members: &[u32]) -> Result<(f64, u64), String> {
-    let mut guard = sampler.lock().unwrap_or_else(|e| e.into_inner());
+    let mut guard = lock(sampler);
     let system = match &mut *guard {
         Some(system) => system,
         empty => empty.insert(System::new().map_err(|e| e.to_string())?),

@@ -1,6 +1,7 @@
 //! [`AmqpConfig`]: where the broker is and how the transport behaves when it misbehaves.
 
 use super::super::TransportError;
+use crate::util::{redact, without_password};
 use lapin::uri::AMQPUri;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -92,7 +93,7 @@ impl Default for AmqpConfig {
 impl fmt::Debug for AmqpConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AmqpConfig")
-            .field("url", &redact_password(&self.url, "***"))
+            .field("url", &redact(&self.url))
             .field("prefix", &self.prefix)
             .field("prefetch", &self.prefetch)
             .field("max_deliveries", &self.max_deliveries)
@@ -103,13 +104,7 @@ impl fmt::Debug for AmqpConfig {
             .field("heartbeat", &self.heartbeat)
             .field("queue_expiry", &self.queue_expiry)
             .field("dead_letter_limit", &self.dead_letter_limit)
-            .field(
-                "advertise_url",
-                &self
-                    .advertise_url
-                    .as_deref()
-                    .map(|u| redact_password(u, "***")),
-            )
+            .field("advertise_url", &self.advertise_url.as_deref().map(redact))
             .finish()
     }
 }
@@ -205,10 +200,7 @@ impl AmqpConfig {
     pub(super) fn amqp_uri(&self) -> Result<AMQPUri, TransportError> {
         let invalid = |reason: String| TransportError::Broker {
             channel: CONNECTION.to_owned(),
-            reason: format!(
-                "invalid broker URL {}: {reason}",
-                redact_password(&self.url, "***")
-            ),
+            reason: format!("invalid broker URL {}: {reason}", redact(&self.url)),
         };
         let mut uri: AMQPUri = self.url.parse().map_err(invalid)?;
         // amq-protocol-uri takes the host from `Url::domain()`, which is `None` for an IP
@@ -236,7 +228,7 @@ impl AmqpConfig {
             {
                 self.url.clone()
             }
-            _ => redact_password(&self.url, ""),
+            _ => without_password(&self.url),
         }
     }
 }
@@ -255,27 +247,6 @@ fn literal_ip_host(url: &str) -> Option<String> {
     }
     let host = host_port.split(':').next()?;
     host.parse::<Ipv4Addr>().ok().map(|ip| ip.to_string())
-}
-
-/// `url` with the password of its user info replaced by `with` (removed, `:` included,
-/// when `with` is empty). Everything else is kept verbatim.
-fn redact_password(url: &str, with: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    let Some((user, _password)) = userinfo.split_once(':') else {
-        return url.to_owned();
-    };
-    if with.is_empty() {
-        format!("{scheme}://{user}@{host}{tail}")
-    } else {
-        format!("{scheme}://{user}:{with}@{host}{tail}")
-    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 use super::config::{AmqpConfig, CONNECTION};
 use crate::transport::TransportError;
+pub(super) use crate::util::{Backoff, lock};
 use crate::wire::{ChannelKind, ChannelSpec};
 use futures::{Stream, StreamExt};
 use lapin::options::{
@@ -19,11 +20,9 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, Event, ExchangeKind};
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -75,12 +74,6 @@ pub(super) struct Shared {
     subscriptions: Mutex<HashMap<String, Vec<Weak<SubscriptionControl>>>>,
     /// The runtime, for settling dropped deliveries from `Drop`.
     pub runtime: tokio::runtime::Handle,
-}
-
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section is a single insert, remove or lookup: a panic elsewhere cannot
-    // leave the data half-updated, so a poisoned lock is still usable.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {
@@ -681,50 +674,6 @@ impl Slot {
     }
 }
 
-/// Exponential backoff with jitter: each delay is drawn from the upper half of
-/// `min * 2^attempt`, capped at `max`.
-pub(super) struct Backoff {
-    min: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    /// Starts at `min`.
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max: max.max(min),
-            attempt: 0,
-        }
-    }
-
-    /// The next delay.
-    pub fn next_delay(&mut self) -> Duration {
-        let factor = 1u32 << self.attempt.min(20);
-        self.attempt = self.attempt.saturating_add(1);
-        let full = self.min.saturating_mul(factor).min(self.max);
-        let half = full / 2;
-        let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        let jitter = if nanos == 0 {
-            0
-        } else {
-            random() % (nanos + 1)
-        };
-        half + Duration::from_nanos(jitter)
-    }
-
-    /// Back to the shortest delay.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-/// A random number, good enough for jitter: `RandomState` seeds every instance afresh.
-fn random() -> u64 {
-    RandomState::new().build_hasher().finish()
-}
-
 /// Keeps the connection alive until shutdown.
 async fn supervise(shared: Arc<Shared>, mut session: Arc<Session>) {
     let mut backoff = Backoff::new(shared.config.reconnect_min, shared.config.reconnect_max);
@@ -809,38 +758,5 @@ async fn wait_until_lost(shared: &Shared, session: &Session) {
             },
             _ = health.tick() => session.check(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_caps() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let first = backoff.next_delay();
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-        let second = backoff.next_delay();
-        assert!(second >= Duration::from_millis(100) && second <= Duration::from_millis(200));
-        let mut previous_cap = Duration::from_millis(200);
-        for _ in 0..3 {
-            let delay = backoff.next_delay();
-            assert!(delay >= previous_cap && delay <= previous_cap * 2);
-            previous_cap *= 2;
-        }
-        // 100 ms * 2^5 = 3.2 s is past the cap: from now on the cap rules.
-        for _ in 0..30 {
-            let delay = backoff.next_delay();
-            assert!(delay >= Duration::from_secs(1) && delay <= Duration::from_secs(2));
-        }
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_millis(100));
-    }
-
-    #[test]
-    fn jitter_varies() {
-        let draws: HashSet<u64> = (0..20).map(|_| random()).collect();
-        assert!(draws.len() > 1);
     }
 }
