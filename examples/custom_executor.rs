@@ -6,8 +6,8 @@
 //! stops after a few seconds.
 
 use anyhow::Result;
-use async_trait::async_trait;
 use kraken_core::agent::Agent;
+use kraken_core::async_trait;
 use kraken_core::executor::orchestrator::{OrchestrationExecutor, OrchestratorConfig};
 use kraken_core::executor::worker::{WorkerConfig, WorkerExecutor};
 use kraken_core::executor::{ExecutionFailure, Executor, NodeContext, SetupFailure};

@@ -108,3 +108,43 @@ fn main() -> ExitCode {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// docs/cli.md lists every flag of `kraken up` and `kraken agent`, so the two cannot
+    /// drift apart (they did: the docs named a `--node-timeout` that never existed).
+    #[test]
+    fn the_cli_docs_list_every_flag_of_up_and_agent() {
+        let docs = include_str!("../../docs/cli.md");
+        let command = Cli::command();
+        for name in ["up", "agent"] {
+            let heading = format!("## `kraken {name}`");
+            let start = docs
+                .find(&heading)
+                .unwrap_or_else(|| panic!("docs/cli.md has no section {heading}"));
+            let section = &docs[start + heading.len()..];
+            let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+            let sub = command
+                .find_subcommand(name)
+                .unwrap_or_else(|| panic!("no subcommand {name}"));
+            for arg in sub.get_arguments() {
+                let Some(long) = arg.get_long().filter(|l| *l != "help") else {
+                    continue;
+                };
+                if matches!(long, "orchestrator" | "token" | "json") && name == "up" {
+                    // The client options, named once for the whole section.
+                    assert!(section.contains(&format!("`--{long}`")), "--{long}");
+                    continue;
+                }
+                assert!(
+                    section.contains(&format!("`--{long} "))
+                        || section.contains(&format!("`--{long}`")),
+                    "docs/cli.md, section {heading}, does not list --{long}"
+                );
+            }
+        }
+    }
+}

@@ -29,11 +29,19 @@
 //! - [`agent`]: composition: a builder that takes transport, runtime and executors and runs
 //!   them until shutdown.
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The attribute the crate's async traits are written with; implement
+/// [`executor::Executor`], [`transport::Transport`] or [`runtime::Runtime`] with
+/// `#[kraken_core::async_trait]` without a dependency of your own.
+pub use async_trait::async_trait;
 
 pub mod agent;
 #[cfg(feature = "api")]
+#[cfg_attr(docsrs, doc(cfg(feature = "api")))]
 pub mod api;
 #[cfg(feature = "discovery")]
+#[cfg_attr(docsrs, doc(cfg(feature = "discovery")))]
 pub mod discovery;
 pub mod executor;
 pub mod manifest;

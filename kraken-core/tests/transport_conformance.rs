@@ -269,6 +269,43 @@ async fn queue_keeps_publisher_order(backend: &dyn Backend) {
     }
 }
 
+async fn subscriptions_are_streams(backend: &dyn Backend) {
+    use futures::StreamExt;
+    let transport = backend.transport().await;
+    let channel = queue("stream");
+    let raw = transport.subscribe(&channel).await.unwrap();
+    for i in 0..3 {
+        transport
+            .publish(&channel, bytes(format!("{i}")))
+            .await
+            .unwrap();
+    }
+    let deliveries: Vec<_> = tokio::time::timeout(Duration::from_secs(10), raw.take(3).collect())
+        .await
+        .expect("three deliveries from the stream");
+    for (i, delivery) in deliveries.into_iter().enumerate() {
+        assert_eq!(delivery.payload, format!("{i}"));
+        delivery.ack().await.unwrap();
+    }
+
+    // A typed subscription skips what it cannot decode, as a stream too.
+    let log = Channel::<LogMessage>::named(unique("stream-log"), ChannelKind::Queue);
+    let typed = transport.listen(&log).await.unwrap();
+    let rejected = typed.rejected();
+    transport
+        .publish(log.spec(), bytes("not an envelope"))
+        .await
+        .unwrap();
+    let envelope = Envelope::new(NodeId::random(), 1, log_message("streamed"));
+    transport.send(&log, &envelope).await.unwrap();
+    let received: Vec<_> = tokio::time::timeout(Duration::from_secs(10), typed.take(1).collect())
+        .await
+        .expect("the well-formed message from the stream");
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].envelope, envelope);
+    assert_eq!(rejected.load(Ordering::Relaxed), 1);
+}
+
 async fn typed_round_trip(backend: &dyn Backend) {
     let transport = backend.transport().await;
     let log = Channel::<LogMessage>::named(unique("log"), ChannelKind::Queue);
@@ -471,6 +508,7 @@ conformance!(
     queue_keeps_messages_until_someone_subscribes,
     queue_keeps_publisher_order,
     typed_round_trip,
+    subscriptions_are_streams,
     undecodable_messages_are_skipped,
     delete_drops_waiting_messages_and_ends_subscriptions,
 );

@@ -314,7 +314,7 @@ pub enum ExecutionFailure {
 /// A unit of work a node runs. The seed's trait: `setup`, `execute`, plus `shutdown`.
 ///
 /// ```
-/// use async_trait::async_trait;
+/// use kraken_core::async_trait;
 /// use kraken_core::executor::{Executor, ExecutionFailure, NodeContext, SetupFailure};
 ///
 /// /// Counts how often it was executed.

@@ -10,6 +10,7 @@
 //! - `fake`: a scripted runtime for tests (feature `test-util`).
 
 #[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod fake;
 pub mod process;
 
@@ -24,6 +25,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 #[cfg(feature = "docker")]
+#[cfg_attr(docsrs, doc(cfg(feature = "docker")))]
 pub mod docker;
 
 /// Where a runtime sends build output. Bounded: a runtime awaits (or drops lines) when the
@@ -172,7 +174,7 @@ pub enum RuntimeError {
 /// and artifacts they created themselves.
 ///
 /// ```
-/// use async_trait::async_trait;
+/// use kraken_core::async_trait;
 /// use kraken_core::model::{InstanceId, Timestamp};
 /// use kraken_core::runtime::*;
 ///

@@ -10,6 +10,7 @@
 //! deployment generation make that easy).
 
 #[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 pub mod amqp;
 pub mod memory;
 
@@ -18,9 +19,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 use futures::StreamExt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
 /// What can go wrong moving messages.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +125,14 @@ impl Subscription {
     }
 }
 
+impl Stream for Subscription {
+    type Item = Delivery;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
 /// Moves encoded messages between nodes.
 ///
 /// Object-safe, used as `Arc<dyn Transport>`. Queue channels keep a message until a
@@ -129,7 +140,7 @@ impl Subscription {
 /// subscriber.
 ///
 /// ```
-/// use async_trait::async_trait;
+/// use kraken_core::async_trait;
 /// use bytes::Bytes;
 /// use kraken_core::transport::{Acker, Delivery, Subscription, Transport, TransportError};
 /// use kraken_core::wire::ChannelSpec;
@@ -218,6 +229,8 @@ pub struct TypedSubscription<M> {
     channel: String,
     inner: Subscription,
     rejected: Arc<AtomicU64>,
+    /// The rejection of an undecodable message, finished before the next one is read.
+    rejecting: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     _message: std::marker::PhantomData<fn() -> M>,
 }
 
@@ -236,24 +249,44 @@ impl<M: Message> TypedSubscription<M> {
 
     /// The next well-formed message, or `None` once the transport is closed.
     pub async fn next(&mut self) -> Option<Received<M>> {
-        loop {
-            let delivery = self.inner.next().await?;
-            match wire::decode::<M>(&delivery.payload) {
-                Ok(envelope) => return Some(Received { envelope, delivery }),
-                Err(err) => {
-                    self.rejected.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(channel = %self.channel, cause = %err, bytes = delivery.payload.len(), "rejected a message that cannot be decoded");
-                    if let Err(err) = delivery.nack(false).await {
-                        tracing::warn!(channel = %self.channel, cause = %err, "could not reject a message");
-                    }
-                }
-            }
-        }
+        StreamExt::next(self).await
     }
 
     /// How many undecodable messages were rejected so far (shared by clones of the counter).
     pub fn rejected(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.rejected)
+    }
+}
+
+/// Well-formed messages; an undecodable one is counted, logged and rejected (dropped or
+/// dead-lettered by the backend), and the stream goes on.
+impl<M: Message> Stream for TypedSubscription<M> {
+    type Item = Received<M>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Received<M>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(rejecting) = this.rejecting.as_mut() {
+                std::task::ready!(rejecting.as_mut().poll(cx));
+                this.rejecting = None;
+            }
+            let Some(delivery) = std::task::ready!(this.inner.inner.as_mut().poll_next(cx)) else {
+                return Poll::Ready(None);
+            };
+            match wire::decode::<M>(&delivery.payload) {
+                Ok(envelope) => return Poll::Ready(Some(Received { envelope, delivery })),
+                Err(err) => {
+                    this.rejected.fetch_add(1, Ordering::Relaxed);
+                    let channel = this.channel.clone();
+                    tracing::warn!(channel = %channel, cause = %err, bytes = delivery.payload.len(), "rejected a message that cannot be decoded");
+                    this.rejecting = Some(Box::pin(async move {
+                        if let Err(err) = delivery.nack(false).await {
+                            tracing::warn!(channel = %channel, cause = %err, "could not reject a message");
+                        }
+                    }));
+                }
+            }
+        }
     }
 }
 
@@ -293,6 +326,7 @@ impl<T: Transport + ?Sized> TransportExt for T {
             channel: channel.name().to_owned(),
             inner,
             rejected: Arc::new(AtomicU64::new(0)),
+            rejecting: None,
             _message: std::marker::PhantomData,
         })
     }

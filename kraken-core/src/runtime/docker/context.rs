@@ -25,9 +25,9 @@ const CHANNEL_CHUNKS: usize = 8;
 /// The embedded Dockerfile for a language; `None` for `custom`.
 pub fn embedded_dockerfile(lang: Lang) -> Option<&'static str> {
     match lang {
-        Lang::Node => Some(include_str!("../../../../dockerfiles/node.Dockerfile")),
-        Lang::Python => Some(include_str!("../../../../dockerfiles/python.Dockerfile")),
-        Lang::Static => Some(include_str!("../../../../dockerfiles/static.Dockerfile")),
+        Lang::Node => Some(include_str!("../../../dockerfiles/node.Dockerfile")),
+        Lang::Python => Some(include_str!("../../../dockerfiles/python.Dockerfile")),
+        Lang::Static => Some(include_str!("../../../dockerfiles/static.Dockerfile")),
         Lang::Custom => None,
     }
 }
