@@ -1,7 +1,7 @@
 //! The API token: generated once, kept in the data dir with owner-only permissions, checked
 //! in constant time.
 
-use super::ApiError;
+use super::error::ApiError;
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use std::fmt;

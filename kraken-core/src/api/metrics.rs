@@ -7,7 +7,7 @@
 //! recorder first (then only the gauges are shown here). The facade is process-wide: several
 //! orchestrators in one process add up.
 
-use super::Core;
+use super::core::Core;
 use crate::model::StatusKind;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::fmt::Write as _;

@@ -1,8 +1,9 @@
 //! The REST routes: ping, health, logs (read, follow, delete), platform, metrics, OpenAPI.
 
 use super::auth::Caller;
+use super::core::Core;
 use super::time::rfc3339;
-use super::{Core, assets, metrics};
+use super::{assets, metrics};
 use crate::model::{DeploymentId, InvalidId, LogLine, NodeId, StatusKind};
 use crate::state::{StateError, StateEvent};
 use axum::Json;
@@ -170,8 +171,8 @@ async fn join(
     Json(request): Json<JoinRequest>,
 ) -> Result<Response, RestError> {
     let node = NodeId::parse(&request.node)?;
-    if let Some(config) = &core.node.config
-        && !config.verify_join(&node, request.proof.as_deref())
+    if let Some(verifier) = &core.node.join_verifier
+        && !verifier.verify_join(&node, request.proof.as_deref())
     {
         return Ok((
                 StatusCode::FORBIDDEN,
@@ -184,7 +185,7 @@ async fn join(
             )
                 .into_response());
     }
-    let info = core.node.platform.as_ref().and_then(|p| p.borrow().clone());
+    let info = core.node.platform_info();
     tracing::info!(node = %node, "node joins");
     Ok(Json(Joined {
         orchestrator: info.as_ref().map(|i| i.orchestrator.to_string()),

@@ -1004,10 +1004,24 @@ impl Executor for OrchestrationExecutor {
         }
         #[cfg(feature = "api")]
         if let Some(api) = self.config.api.clone() {
-            let addr = crate::api::start(api, Arc::clone(&self.db), ctx)
+            let node = Arc::clone(&ctx.config);
+            let facts = crate::api::NodeFacts::default()
+                .platform(ctx.watch_platform())
+                .address(node.address.clone())
+                .data_dir(node.data_dir.clone())
+                .runtime(ctx.runtime.name())
+                .transport(ctx.transport.name())
+                .join_verifier(move |id: &NodeId, proof: Option<&str>| node.verify_join(id, proof));
+            let server = crate::api::Server::bind(api, Arc::clone(&self.db), facts)
                 .await
                 .map_err(|e| SetupFailure::Other(format!("API: {e}")))?;
-            self.config.api_addr.get_or_insert(addr);
+            self.config.api_addr.get_or_insert(server.advertised_addr());
+            let stop = ctx.shutdown();
+            ctx.spawn(async move {
+                if let Err(err) = server.run(stop.cancelled_owned()).await {
+                    tracing::error!(cause = %err, "the API stopped");
+                }
+            });
         }
         let info = self.platform_info(ctx);
         *lock(&self.announced) = info.clone();
